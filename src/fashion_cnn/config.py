@@ -1,0 +1,285 @@
+"""The typed schema of params.yaml, its validation, and the Hydra entry point every stage shares."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fashion_cnn import paths
+
+log = logging.getLogger(__name__)
+
+ACTIVATIONS = ("relu", "elu", "gelu", "selu", "swish", "tanh", "sigmoid", "softmax", "linear")
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class FashionCnnError(Exception):
+    """A problem caused by the user's input (params, data, files); printed as one line, exit 1."""
+
+
+class ConfigError(FashionCnnError):
+    """The composed config breaks the schema or describes an impossible model."""
+
+
+class DataError(FashionCnnError):
+    """An input file is missing, corrupt or inconsistent."""
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are errors, types are not coerced silently."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# ---- model layers: the architecture is data, one entry per Keras layer ----
+
+
+class ConvLayer(Strict):
+    type: Literal["conv"]
+    filters: PositiveInt
+    kernel_size: PositiveInt
+    strides: PositiveInt = 1
+    padding: Literal["same", "valid"] = "same"
+    activation: Literal[ACTIVATIONS] = "relu"
+
+
+class PoolLayer(Strict):
+    type: Literal["max_pool", "avg_pool"]
+    pool_size: PositiveInt = 2
+    # Keras default: strides equal to pool_size.
+    strides: PositiveInt | None = None
+    padding: Literal["same", "valid"] = "valid"
+
+
+class FlattenLayer(Strict):
+    type: Literal["flatten"]
+
+
+class DenseLayer(Strict):
+    type: Literal["dense"]
+    units: PositiveInt
+    activation: Literal[ACTIVATIONS] = "relu"
+
+
+class DropoutLayer(Strict):
+    type: Literal["dropout"]
+    rate: Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+Layer = Annotated[
+    ConvLayer | PoolLayer | FlattenLayer | DenseLayer | DropoutLayer, Field(discriminator="type")
+]
+LAYER_TYPES = ("conv", "max_pool", "avg_pool", "flatten", "dense", "dropout")
+
+
+class ModelConfig(Strict):
+    name: str
+    # Height, width, channels.
+    input_shape: Annotated[list[PositiveInt], Field(min_length=3, max_length=3)]
+    layers: list[Layer] = Field(min_length=1)
+
+
+# ---- data, training, tracking ----
+
+
+class DataConfig(Strict):
+    sources: list[str] = Field(min_length=1)
+    timeout_seconds: Annotated[float, Field(gt=0, le=120)]
+    validation_size: PositiveInt
+    max_train_images: PositiveInt | None = None
+    max_test_images: PositiveInt | None = None
+
+
+class TrainConfig(Strict):
+    optimizer: Literal["nadam", "adam", "sgd", "rmsprop"]
+    learning_rate: Annotated[float, Field(gt=0)]
+    momentum: Annotated[float, Field(ge=0, lt=1)]
+    batch_size: PositiveInt
+    epochs: PositiveInt
+    device: Literal["auto", "cpu", "gpu"]
+    mixed_precision: Literal["none", "auto", "mixed_float16", "mixed_bfloat16"]
+    jit_compile: Literal["off", "on", "auto"]
+    steps_per_execution: PositiveInt
+    deterministic: bool
+
+
+class TrackingConfig(Strict):
+    experiment_name: str = Field(min_length=1)
+    data_experiment_name: str = Field(min_length=1)
+
+
+class ProjectConfig(Strict):
+    seed: Annotated[int, Field(ge=0)]
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    tracking: TrackingConfig
+
+    @model_validator(mode="after")
+    def _output_layer_matches_classes(self) -> ProjectConfig:
+        last = self.model.layers[-1]
+        if not (isinstance(last, DenseLayer) and last.units == 10):
+            index = len(self.model.layers) - 1
+            raise ValueError(
+                f"model.layers.{index}: the last layer must be a dense layer with units 10 "
+                f"(one per Fashion-MNIST class), got {last.model_dump()}"
+            )
+        return self
+
+
+# ---- turning validation errors into one line ----
+
+
+def _allowed_keys(config_class: type[BaseModel], loc: tuple, raw: Any) -> list[str]:
+    """Walk `loc` down the schema from `config_class` and list the keys allowed where it ends."""
+    current: Any = config_class
+    node = raw
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            node = node[part] if isinstance(node, list) and part < len(node) else {}
+            layer_type = node.get("type") if isinstance(node, dict) else None
+            current = LAYER_CLASSES.get(layer_type, current)
+            continue
+        if part in LAYER_TYPES:
+            continue
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+        field = current.model_fields.get(part) if isinstance(current, type) else None
+        annotation = field.annotation if field else None
+        current = annotation if isinstance(annotation, type) else current
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return []
+
+
+LAYER_CLASSES = {
+    "conv": ConvLayer,
+    "max_pool": PoolLayer,
+    "avg_pool": PoolLayer,
+    "flatten": FlattenLayer,
+    "dense": DenseLayer,
+    "dropout": DropoutLayer,
+}
+
+
+def _dotted(loc: tuple) -> str:
+    """('model', 'layers', 3, 'conv', 'filters') -> 'model.layers.3.filters'."""
+    kept = [str(part) for part in loc if part not in LAYER_TYPES]
+    return ".".join(kept)
+
+
+def format_validation_error(error: ValidationError, raw: dict) -> str:
+    """One line naming the key, the bad value and what is allowed."""
+    first = error.errors()[0]
+    key = _dotted(first["loc"]) or "params"
+    value = first.get("input")
+    if first["type"] == "extra_forbidden":
+        allowed = ", ".join(_allowed_keys(ProjectConfig, first["loc"], raw))
+        message = f"unknown key '{key}' (allowed here: {allowed})"
+    elif first["type"] == "union_tag_invalid":
+        message = f"{key}.type = {value.get('type')!r}: unknown layer type (allowed: "
+        message += ", ".join(LAYER_TYPES) + ")"
+    elif first["type"] == "missing":
+        message = f"missing key '{key}'"
+    else:
+        message = f"{key} = {value!r}: {first['msg']}"
+    more = len(error.errors()) - 1
+    return message + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
+
+
+def validate(raw: dict) -> ProjectConfig:
+    """Validate a plain dict (a resolved config) against the schema, raising ConfigError."""
+    try:
+        return ProjectConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"invalid params: {format_validation_error(error, raw)}") from None
+
+
+def to_plain_dict(cfg: DictConfig) -> dict:
+    """The composed Hydra config as plain Python containers, interpolations resolved."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{'model': {'layers': [{'filters': 64}]}} -> {'model.layers.0.filters': 64} (for MLflow params)."""
+    if isinstance(tree, BaseModel):
+        tree = tree.model_dump(mode="json")
+    items: dict[str, Any] = {}
+    children = tree.items() if isinstance(tree, dict) else enumerate(tree)
+    for key, value in children:
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict | list) and value:
+            items.update(flatten(value, dotted + "."))
+        else:
+            items[dotted] = value
+    return items
+
+
+def save_resolved(config: ProjectConfig, path: Path) -> None:
+    """Write the validated config as YAML beside a stage's outputs, atomically."""
+    from fashion_cnn.atomic import write_text_atomic
+
+    text = OmegaConf.to_yaml(OmegaConf.create(config.model_dump(mode="json")))
+    write_text_atomic(path, text)
+
+
+# ---- the Hydra entry point ----
+
+STAGE_CONFIG_NAME = "fashion_cnn_stage"
+
+
+def _register_stage_config(root: Path) -> None:
+    """Primary config of every stage: params.yaml first, then optional conf/ presets on top.
+
+    Composing from params.yaml (not conf/config.yaml) is what keeps `dvc repro` honest: the
+    values DVC tracks are the values the stage runs with. The null group defaults let
+    `model=small_cnn` or `experiment=quick` swap in a preset from conf/ for ad-hoc runs.
+    """
+    node = {
+        "defaults": ["_self_", "params", {"model": None}, {"experiment": None}],
+        "hydra": {"searchpath": [f"file://{root}", f"file://{root / 'conf'}"]},
+    }
+    ConfigStore.instance().store(name=STAGE_CONFIG_NAME, node=node)
+
+
+def stage_main(task: Callable[[ProjectConfig, paths.ProjectPaths], Any]) -> Callable[[], None]:
+    """Wrap `task(config, project_paths)` as a Hydra app over params.yaml with one-line errors."""
+
+    @functools.wraps(task)
+    def entry() -> None:
+        try:
+            project = paths.project_paths()
+        except FileNotFoundError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(1)
+        _register_stage_config(project.root)
+
+        @hydra.main(version_base="1.3", config_path=None, config_name=STAGE_CONFIG_NAME)
+        def hydra_app(cfg: DictConfig) -> None:
+            try:
+                config = validate(to_plain_dict(cfg))
+                task(config, project)
+            except FashionCnnError as error:
+                print(f"error: {error}", file=sys.stderr)
+                sys.exit(1)
+
+        hydra_app()
+
+    return entry
+
+
+def hydra_overrides() -> list[str]:
+    """The command-line overrides of the current Hydra run (empty outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)

@@ -1,0 +1,72 @@
+"""The prepared arrays: how prepare saves them and how train, evaluate and figures load them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fashion_cnn.atomic import atomic_path
+from fashion_cnn.config import DataError
+from fashion_cnn.idx import IMAGE_SIDE, NUM_CLASSES
+
+SPLITS = ("train", "validation", "test")
+STATS_FILE = "standardization.npz"
+
+
+@dataclass(frozen=True)
+class Split:
+    """Standardized images (count, 28, 28, 1) float32 and their labels (count,) uint8."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+def save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Save arrays to an uncompressed .npz, atomically."""
+    with atomic_path(path) as temp_path, open(temp_path, "wb") as file:
+        np.savez(file, **arrays)
+
+
+def load_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Load named arrays from an .npz, naming the file when it is missing or lacks a key."""
+    if not path.is_file():
+        raise DataError(f"{path}: missing (run `dvc repro prepare` first)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in keys if key not in archive.files]
+            if missing:
+                raise DataError(f"{path}: missing arrays {missing} (has {archive.files})")
+            return {key: archive[key] for key in keys}
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: not a readable .npz file ({error})") from None
+
+
+def check_split(split: Split, path: Path) -> Split:
+    """Reject arrays edited by hand: wrong shape or dtype, NaN, labels outside 0..9."""
+    images, labels = split.images, split.labels
+    if images.dtype != np.float32 or images.ndim != 4 or images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE, 1):
+        raise DataError(
+            f"{path}: images must be float32 of shape (count, 28, 28, 1), got {images.dtype} {images.shape}"
+        )
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise DataError(f"{path}: {labels.shape} labels for {images.shape[0]} images")
+    if not np.isfinite(images).all():
+        raise DataError(f"{path}: images contain NaN or infinite values")
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DataError(f"{path}: labels outside 0..{NUM_CLASSES - 1}")
+    return split
+
+
+def load_split(prepared_dir: Path, name: str) -> Split:
+    """Load and check one prepared split (train, validation or test)."""
+    path = prepared_dir / f"{name}.npz"
+    arrays = load_npz(path, ("images", "labels"))
+    return check_split(Split(arrays["images"], arrays["labels"]), path)
+
+
+def load_standardization(prepared_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The per-pixel mean and std (each (1, 28, 28)) of the training split."""
+    arrays = load_npz(prepared_dir / STATS_FILE, ("mean", "std"))
+    return arrays["mean"], arrays["std"]

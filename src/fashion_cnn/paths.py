@@ -1,0 +1,80 @@
+"""Every file location the stages read or write; mirrors the deps and outs of dvc.yaml."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT_ENV_VAR = "FASHION_CNN_ROOT"
+
+
+def find_root(start: Path | None = None) -> Path:
+    """Return the project root: $FASHION_CNN_ROOT, else the nearest ancestor of `start` with dvc.yaml."""
+    if os.environ.get(ROOT_ENV_VAR):
+        return Path(os.environ[ROOT_ENV_VAR]).resolve()
+    start = (start or Path.cwd()).resolve()
+    for candidate in (start, *start.parents):
+        if (candidate / "dvc.yaml").is_file() and (candidate / "params.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"no project root found above {start}: expected a folder holding dvc.yaml and params.yaml "
+        f"(run from inside the repository or set {ROOT_ENV_VAR})"
+    )
+
+
+@dataclass(frozen=True)
+class ProjectPaths:
+    """Paths of one checkout of the project, all absolute."""
+
+    root: Path
+
+    @property
+    def params_file(self) -> Path:
+        return self.root / "params.yaml"
+
+    @property
+    def conf_dir(self) -> Path:
+        return self.root / "conf"
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.root / "data" / "raw"
+
+    @property
+    def prepared_dir(self) -> Path:
+        return self.root / "data" / "prepared"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "data" / "model"
+
+    @property
+    def model_file(self) -> Path:
+        return self.model_dir / "model.keras"
+
+    @property
+    def run_info_file(self) -> Path:
+        """Written by train, read by evaluate and figures to log into the same MLflow run."""
+        return self.model_dir / "mlflow_run.json"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.reports_dir / "figures"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.root / "mlartifacts"
+
+
+def project_paths(start: Path | None = None) -> ProjectPaths:
+    """Resolve the project's paths once, from the working directory (DVC runs stages in the root)."""
+    return ProjectPaths(find_root(start))

@@ -1,0 +1,178 @@
+"""MLflow wiring: where runs are stored, how they are named and tagged, and safe logging helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from fashion_cnn import paths
+from fashion_cnn.config import ProjectConfig, flatten
+
+log = logging.getLogger(__name__)
+
+# MLflow refuses param values over 6000 characters and batches over 100 params.
+MAX_PARAM_LENGTH = 6000
+PARAM_BATCH = 100
+
+
+def tracking_uri(project: paths.ProjectPaths) -> str:
+    """$MLFLOW_TRACKING_URI when set (a remote server), else the SQLite store in the repo root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project.mlflow_db}"
+
+
+def use_experiment(project: paths.ProjectPaths, experiment_name: str) -> str:
+    """Point MLflow at the project's store and experiment, creating it if needed; return its id."""
+    uri = tracking_uri(project)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(experiment_name)
+    if experiment is not None:
+        mlflow.set_experiment(experiment_name)
+        return experiment.experiment_id
+    # With the local store, artifacts go to mlartifacts/ in the root, wherever the stage runs from.
+    location = None if os.environ.get("MLFLOW_TRACKING_URI") else project.mlflow_artifacts.as_uri()
+    try:
+        experiment_id = mlflow.create_experiment(experiment_name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:
+        # Another process created it first.
+        experiment_id = mlflow.get_experiment_by_name(experiment_name).experiment_id
+    mlflow.set_experiment(experiment_name)
+    return experiment_id
+
+
+def git_tags(root: Path) -> dict[str, str]:
+    """The commit the run came from and whether the working tree had uncommitted changes."""
+
+    def git(*args: str) -> str:
+        result = subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=False, timeout=10
+        )
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return {}
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {
+        "git.commit": commit,
+        "mlflow.source.git.commit": commit,
+        "git.dirty": str(dirty).lower(),
+    }
+
+
+def run_tags(project: paths.ProjectPaths, stage: str, overrides: list[str]) -> dict[str, str]:
+    """Tags that tell runs apart: stage, DVC experiment, Hydra overrides, git commit, host."""
+    tags = {"stage": stage, "host": platform.node(), "python": platform.python_version()}
+    tags.update(git_tags(project.root))
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.experiment"] = os.environ["DVC_EXP_NAME"]
+    if os.environ.get("DVC_ROOT"):
+        tags["launched_by"] = "dvc"
+    if overrides:
+        tags["hydra.overrides"] = " ".join(overrides)
+    return tags
+
+
+def log_config(config: ProjectConfig) -> None:
+    """Log the whole resolved config as flat dotted params, in batches MLflow accepts."""
+    items = [(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in flatten(config).items()]
+    for start in range(0, len(items), PARAM_BATCH):
+        mlflow.log_params(dict(items[start : start + PARAM_BATCH]))
+
+
+@contextlib.contextmanager
+def stage_run(
+    project: paths.ProjectPaths,
+    config: ProjectConfig,
+    stage: str,
+    run_name: str,
+    experiment_name: str,
+    overrides: list[str],
+    run_id: str | None = None,
+) -> Iterator[Any]:
+    """Start (or, given run_id, resume) an MLflow run for a stage; KILLED on Ctrl-C, FAILED on error."""
+    use_experiment(project, experiment_name)
+    if run_id is None:
+        run = mlflow.start_run(run_name=run_name, tags=run_tags(project, stage, overrides))
+        log_config(config)
+    else:
+        run = mlflow.start_run(run_id=run_id)
+        mlflow.set_tag(f"stage.{stage}", "done")
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run(status="FINISHED")
+
+
+def write_run_info(project: paths.ProjectPaths, run: Any) -> None:
+    """Record the train stage's MLflow run beside the model, so later stages log into it."""
+    from fashion_cnn.atomic import write_json_atomic
+
+    write_json_atomic(
+        project.run_info_file,
+        {
+            "run_id": run.info.run_id,
+            "experiment_id": run.info.experiment_id,
+            "tracking_uri": mlflow.get_tracking_uri(),
+        },
+    )
+
+
+def read_run_id(project: paths.ProjectPaths) -> str:
+    """The MLflow run id the train stage recorded in data/model/mlflow_run.json."""
+    import json
+
+    from fashion_cnn.config import DataError
+
+    path = project.run_info_file
+    try:
+        return json.loads(path.read_text())["run_id"]
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing (run `dvc repro train` first)") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{path}: not a run record ({error})") from None
+
+
+@contextlib.contextmanager
+def model_run(project: paths.ProjectPaths, config: ProjectConfig, stage: str) -> Iterator[Any]:
+    """Reopen the trained model's MLflow run (for evaluate and figures) for the duration of a stage.
+
+    If the store no longer has that run (a fresh clone with a DVC-restored model, another
+    tracking server), a new run is started instead, tagged with the missing id.
+    """
+    run_id = read_run_id(project)
+    use_experiment(project, config.tracking.experiment_name)
+    try:
+        mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        log.warning(
+            "MLflow run %s not found in %s; logging %s to a new run",
+            run_id,
+            tracking_uri(project),
+            stage,
+        )
+        with stage_run(
+            project,
+            config,
+            stage,
+            f"{config.model.name}-{stage}",
+            config.tracking.experiment_name,
+            [],
+        ) as run:
+            mlflow.set_tag("train_run_id", run_id)
+            yield run
+        return
+    with stage_run(project, config, stage, "", config.tracking.experiment_name, [], run_id=run_id) as run:
+        yield run
