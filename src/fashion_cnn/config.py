@@ -114,7 +114,7 @@ class TrainConfig(Strict):
 
 class TrackingConfig(Strict):
     experiment_name: str = Field(min_length=1)
-    data_experiment_name: str = Field(min_length=1)
+    pipeline_experiment_name: str = Field(min_length=1)
 
 
 class ProjectConfig(Strict):

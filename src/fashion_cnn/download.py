@@ -153,7 +153,7 @@ def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
         config,
         "download",
         "download",
-        config.tracking.data_experiment_name,
+        config.tracking.pipeline_experiment_name,
         hydra_overrides(),
     ):
         used = download(sources, config.data.timeout_seconds, project.raw_dir)

@@ -100,7 +100,7 @@ def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
         config,
         "prepare",
         "prepare",
-        config.tracking.data_experiment_name,
+        config.tracking.pipeline_experiment_name,
         hydra_overrides(),
     ):
         sizes = prepare(project.raw_dir, project.prepared_dir, config.data)
