@@ -1,0 +1,288 @@
+"""Predict: image files the tests write, a small model really trained on Fashion-MNIST, the real CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from fashion_cnn import CLASS_NAMES, predict
+from fashion_cnn.config import DataError, validate
+from fashion_cnn.data import STATS_FILE, save_npz
+from fashion_cnn.idx import load_images, load_labels
+from fashion_cnn.prepare import split_and_standardize
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASET = Path("/usr/share/datasets/fashion-mnist")
+TRAIN_IMAGES = 2000
+TRAIN_EPOCHS = 2
+
+
+@dataclass(frozen=True)
+class TrainedProject:
+    """A temp project: model.keras, prepared/standardization.npz, and one test garment written as files."""
+
+    model_file: Path
+    prepared_dir: Path
+    garment: np.ndarray  # (28, 28) uint8, light garment on black, as in Fashion-MNIST
+    expected_class: int  # the model's own prediction on the standardized garment
+    dark_png: Path  # the garment as it is: 28x28 greyscale
+    light_png: Path  # inverted (dark garment on white), 4x larger, not square, RGB
+    light_jpg: Path  # the same as JPEG
+
+
+def write_png(path: Path, pixels: np.ndarray, mode: str = "L") -> Path:
+    """Save uint8 pixels as an image file; the format follows the suffix."""
+    Image.fromarray(pixels.astype(np.uint8)).convert(mode).save(path, quality=95)
+    return path
+
+
+def small_cnn_config():
+    """params.yaml with the small_cnn preset from conf/model swapped in, validated like a stage does."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["model"] = yaml.safe_load((ROOT / "conf" / "model" / "small_cnn.yaml").read_text())
+    return validate(raw)
+
+
+def pick_garment(images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray) -> int:
+    """Index of a confidently, correctly classified test image whose top and bottom 4 rows are empty.
+
+    Empty rows let the light variant be cropped to a non-square canvas without losing any garment.
+    """
+    for index, (image, label, scores) in enumerate(zip(images, labels, probabilities, strict=True)):
+        margins_empty = image[:4].max() == 0 and image[-4:].max() == 0
+        if margins_empty and scores.argmax() == label and scores.max() > 0.9:
+            return index
+    pytest.fail("no confidently classified test image with empty top and bottom rows")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedProject:
+    """Train small_cnn for two epochs on the first 2,000 real training images and save what predict reads."""
+    if not (DATASET / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"Fashion-MNIST not installed at {DATASET} (Debian package dataset-fashion-mnist)")
+    import keras
+
+    from fashion_cnn.model import build_model
+
+    config = small_cnn_config()
+    data_config = config.data.model_copy(update={"validation_size": 500, "max_train_images": TRAIN_IMAGES})
+    train_images = load_images(DATASET / "train-images-idx3-ubyte.gz")[: TRAIN_IMAGES + 500]
+    train_labels = load_labels(DATASET / "train-labels-idx1-ubyte.gz")[: TRAIN_IMAGES + 500]
+    test_images = load_images(DATASET / "t10k-images-idx3-ubyte.gz")[:300]
+    test_labels = load_labels(DATASET / "t10k-labels-idx1-ubyte.gz")[:300]
+    splits, mean, std = split_and_standardize(
+        train_images, train_labels, test_images, test_labels, data_config
+    )
+
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(config.model)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(
+        splits["train"].images,
+        splits["train"].labels,
+        batch_size=config.train.batch_size,
+        epochs=TRAIN_EPOCHS,
+        verbose=0,
+    )
+    root = tmp_path_factory.mktemp("project")
+    model_file = root / "model" / "model.keras"
+    model_file.parent.mkdir()
+    model.save(model_file)
+    save_npz(root / "prepared" / STATS_FILE, mean=mean, std=std)
+
+    probabilities = model.predict(splits["test"].images, verbose=0)  # (300, 10)
+    index = pick_garment(test_images, test_labels, probabilities)
+    garment = test_images[index]
+    # 4x larger, rows 16..95 only (the empty margins cut away): 112 wide, 80 high.
+    light = 255 - np.kron(garment, np.ones((4, 4), dtype=np.uint8))[16:96]
+    images_dir = root / "images"
+    images_dir.mkdir()
+    return TrainedProject(
+        model_file=model_file,
+        prepared_dir=root / "prepared",
+        garment=garment,
+        expected_class=int(probabilities[index].argmax()),
+        dark_png=write_png(images_dir / "dark.png", garment),
+        light_png=write_png(images_dir / "light.png", light, mode="RGB"),
+        light_jpg=write_png(images_dir / "light.jpg", light, mode="RGB"),
+    )
+
+
+# ---- image loading and standardization (no model needed) ----
+
+
+def test_load_image_keeps_a_fashion_mnist_image_unchanged(tmp_path: Path) -> None:
+    # Dark background, garment touching the left and right edges and centred vertically:
+    # Fashion-MNIST's own layout, so every step must be the identity.
+    pixels = np.zeros((28, 28), dtype=np.uint8)
+    pixels[4:24] = np.linspace(30, 255, 28, dtype=np.uint8)
+    loaded = predict.load_image(write_png(tmp_path / "garment.png", pixels))
+    assert loaded.dtype == np.float32 and loaded.shape == (28, 28)
+    np.testing.assert_array_equal(loaded, pixels.astype(np.float32))
+
+
+def test_load_image_inverts_a_light_background_trims_and_pads(tmp_path: Path) -> None:
+    # A dark 40x100 bar off-centre on a white 200x120 RGB photo.
+    photo = np.full((120, 200), 255, dtype=np.uint8)
+    photo[10:110, 20:60] = 0
+    loaded = predict.load_image(write_png(tmp_path / "photo.png", photo, mode="RGB"))
+    assert loaded.shape == (28, 28)
+    # Light background became black, the bar became light, filling the height, centred, 11.2 px wide.
+    assert loaded[:, :6].max() == 0 and loaded[:, -6:].max() == 0
+    assert (loaded[:, 12:16] > 250).all()
+    assert loaded.sum() == pytest.approx(28 * 11.2 * 255, rel=0.05)
+
+
+def test_load_image_composites_transparency_onto_white(tmp_path: Path) -> None:
+    # A fully transparent canvas whose hidden colour is black, with an opaque black 10x20 bar:
+    # read as white behind a black bar, it inverts to a light bar on black, half as wide as high.
+    rgba = np.zeros((50, 50, 4), dtype=np.uint8)
+    rgba[15:35, 20:30, 3] = 255
+    path = tmp_path / "cutout.png"
+    Image.fromarray(rgba).save(path)
+    loaded = predict.load_image(path)
+    assert loaded[:, :3].max() == 0 and loaded[:, -3:].max() == 0 and (loaded[:, 10:18] > 250).all()
+
+
+def test_load_image_scales_16_bit_greyscale(tmp_path: Path) -> None:
+    pixels = np.zeros((28, 28), dtype=np.uint16)
+    pixels[4:24] = 65535 // 2
+    path = tmp_path / "deep.png"
+    Image.fromarray(pixels).save(path)
+    assert predict.load_image(path)[14, 14] == pytest.approx(127.5, abs=0.5)
+
+
+def _random_bytes(path: Path) -> Path:
+    path.write_bytes(os.urandom(500))
+    return path
+
+
+def _truncated_png(path: Path) -> Path:
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="PNG")
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    return path
+
+
+@pytest.mark.parametrize(
+    "make_file",
+    [
+        lambda tmp: _random_bytes(tmp / "random.png"),
+        lambda tmp: _truncated_png(tmp / "truncated.png"),
+        lambda tmp: tmp / "missing.png",
+        lambda tmp: tmp,
+    ],
+    ids=["random-bytes", "truncated", "missing", "directory"],
+)
+def test_load_image_names_the_file_it_cannot_read(tmp_path: Path, make_file) -> None:
+    path = make_file(tmp_path)
+    with pytest.raises(DataError) as raised:
+        predict.load_image(path)
+    assert str(raised.value).startswith(f"{path}: ") and "\n" not in str(raised.value)
+
+
+def test_preprocess_standardizes_with_the_saved_statistics() -> None:
+    images = np.stack([np.full((28, 28), 10.0), np.full((28, 28), 250.0)]).astype(np.float32)
+    mean = np.full((1, 28, 28), 50.0, dtype=np.float32)
+    std = np.full((1, 28, 28), 20.0, dtype=np.float32)
+    batch = predict.preprocess(images, mean, std)
+    assert batch.shape == (2, 28, 28, 1) and batch.dtype == np.float32
+    assert batch[0, 0, 0, 0] == pytest.approx(-2.0) and batch[1, 27, 27, 0] == pytest.approx(10.0)
+    with pytest.raises(DataError, match=r"\(1, 28, 28\)"):
+        predict.preprocess(images, mean[0], std)
+
+
+# ---- the command line ----
+
+
+def test_missing_model_or_statistics_give_one_line_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = write_png(tmp_path / "garment.png", np.zeros((28, 28)))
+    model_file = tmp_path / "model.keras"
+    arguments = [str(image), "--model", str(model_file), "--prepared-dir", str(tmp_path)]
+
+    assert predict.main(arguments) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and str(model_file) in error and "dvc repro" in error
+
+    model_file.write_bytes(b"")  # present now: the statistics are what is missing
+    assert predict.main(arguments) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and str(tmp_path / STATS_FILE) in error and "dvc repro" in error
+
+
+def test_top_must_be_between_1_and_10() -> None:
+    with pytest.raises(SystemExit) as raised:
+        predict.main(["garment.png", "--top", "0"])
+    assert raised.value.code == 2
+
+
+@pytest.mark.slow
+def test_cli_json_agrees_with_the_model_on_dark_and_light_images(trained: TrainedProject) -> None:
+    """The real command in a fresh process, run outside the repository."""
+    files = [trained.dark_png, trained.light_png, trained.light_jpg]
+    command = [sys.executable, "-m", "fashion_cnn.predict", *map(str, files), "--json", "--top", "10"]
+    command += ["--model", str(trained.model_file), "--prepared-dir", str(trained.prepared_dir)]
+    completed = subprocess.run(
+        command, cwd=trained.model_file.parent, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "cudart_stub" not in completed.stderr and "cuInit" not in completed.stderr
+    results = json.loads(completed.stdout)
+    assert [result["file"] for result in results] == list(map(str, files))
+    for result in results:
+        predictions = result["predictions"]
+        assert predictions[0]["index"] == trained.expected_class, result["file"]
+        assert [item["class"] for item in predictions] == [CLASS_NAMES[item["index"]] for item in predictions]
+        probabilities = [item["probability"] for item in predictions]
+        assert len(probabilities) == 10 and probabilities == sorted(probabilities, reverse=True)
+        assert sum(probabilities) == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_corrupt_image_is_reported_and_the_others_still_classified(
+    trained: TrainedProject, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(os.urandom(300))
+    options = ["--model", str(trained.model_file), "--prepared-dir", str(trained.prepared_dir)]
+
+    assert predict.main([str(trained.dark_png), str(corrupt), str(trained.light_png), *options]) == 1
+    output = capsys.readouterr()
+    assert output.err.count("\n") == 1 and output.err.startswith(f"error: {corrupt}: ")
+    expected_name = CLASS_NAMES[trained.expected_class]
+    blocks = output.out.strip().split("\n\n")
+    assert [block.splitlines()[0] for block in blocks] == [str(trained.dark_png), str(trained.light_png)]
+    for block in blocks:
+        lines = block.splitlines()
+        assert len(lines) == 1 + 3 and lines[1].strip().startswith(expected_name)
+        assert all(line.endswith("%") for line in lines[1:])
+
+    assert predict.main([str(corrupt), str(trained.dark_png), "--json", "--top", "2", *options]) == 1
+    results = json.loads(capsys.readouterr().out)
+    assert results[0]["file"] == str(corrupt) and str(corrupt) in results[0]["error"]
+    assert "predictions" not in results[0] and len(results[1]["predictions"]) == 2
+
+
+@pytest.mark.slow
+def test_damaged_model_file_gives_one_line(
+    trained: TrainedProject, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    damaged = tmp_path / "model.keras"
+    damaged.write_bytes(b"not a zip archive")
+    options = ["--model", str(damaged), "--prepared-dir", str(trained.prepared_dir)]
+    assert predict.main([str(trained.dark_png), *options]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith(f"error: {damaged}: cannot load the model")
