@@ -12,10 +12,13 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp path beside `path`; on success it replaces `path`, on any error it is removed."""
+def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success it replaces `path`, on any error it is removed.
+
+    `suffix` is for writers that insist on an extension (Keras saves only to `*.keras`).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(handle)
     temp_path = Path(temp_name)
     # mkstemp creates 0600; give the final file the usual permissions under the current umask.

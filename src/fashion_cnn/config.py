@@ -189,6 +189,9 @@ def format_validation_error(error: ValidationError, raw: dict) -> str:
         message += ", ".join(LAYER_TYPES) + ")"
     elif first["type"] == "missing":
         message = f"missing key '{key}'"
+    elif not first["loc"]:
+        # A check across keys (model_validator): its message names the key itself.
+        message = first["msg"].removeprefix("Value error, ")
     else:
         message = f"{key} = {value!r}: {first['msg']}"
     more = len(error.errors()) - 1

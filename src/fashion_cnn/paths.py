@@ -63,6 +63,24 @@ class ProjectPaths:
         return self.root / "reports"
 
     @property
+    def history_file(self) -> Path:
+        """Per-epoch losses and accuracies (a DVC plot)."""
+        return self.reports_dir / "train" / "history.csv"
+
+    @property
+    def train_metrics_file(self) -> Path:
+        return self.reports_dir / "train" / "metrics.json"
+
+    @property
+    def metrics_file(self) -> Path:
+        """The test metrics DVC reports (dvc metrics show/diff) and the README quotes."""
+        return self.reports_dir / "metrics.json"
+
+    @property
+    def evaluate_dir(self) -> Path:
+        return self.reports_dir / "evaluate"
+
+    @property
     def figures_dir(self) -> Path:
         return self.reports_dir / "figures"
 

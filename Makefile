@@ -1,0 +1,47 @@
+# Two commands on a fresh machine: `make repro` (whole pipeline) and `make test` (test suite).
+# Both create .venv and install the pinned dependencies first when needed.
+
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON_BOOTSTRAP ?= python3.11
+STAMP := $(VENV)/.installed-stamp
+DATASET_DIR := /usr/share/datasets/fashion-mnist
+# Stage commands in dvc.yaml run `python`: make it the project's.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup dataset repro test lint format clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(VENV)/bin/python || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) dataset ## Create .venv and install the pinned dependencies (and the offline dataset where possible)
+
+dataset: ## Install Debian's dataset-fashion-mnist (a local mirror) when root with apt; skipped elsewhere
+	@if [ -d $(DATASET_DIR) ]; then echo "local Fashion-MNIST mirror: $(DATASET_DIR)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get install -y -qq dataset-fashion-mnist || \
+		 (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) >/dev/null \
+		&& echo "installed $(DATASET_DIR)" || echo "dataset-fashion-mnist not installed: the download stage will use HTTP mirrors"; \
+	else echo "no root or apt: the download stage will use HTTP mirrors"; fi
+
+repro: setup ## Run the whole pipeline (dvc repro)
+	dvc repro
+
+test: setup ## Run the test suite
+	pytest
+
+lint: setup ## ruff check and format check
+	ruff check . && ruff format --check .
+
+format: setup ## Format the code with ruff
+	ruff format . && ruff check --fix .
+
+clean: ## Remove the virtual environment (DVC outputs stay; `dvc gc` manages the cache)
+	rm -rf $(VENV)

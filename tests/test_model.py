@@ -1,0 +1,120 @@
+"""Shape inference, parameter counts and bad-architecture errors of the layer-list builder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fashion_cnn import config as config_module
+from fashion_cnn import model
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED_LAYER_TYPES = [
+    "conv", "max_pool", "conv", "conv", "max_pool", "conv", "conv", "max_pool",
+    "flatten", "dense", "dropout", "dense", "dropout", "dense",
+]  # fmt: skip
+
+
+def params() -> dict:
+    """The committed params.yaml as a plain dict."""
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def model_config(layers: list[dict] | None = None, preset: str | None = None) -> config_module.ModelConfig:
+    """The default model from params.yaml, a preset from conf/model/, or custom layers."""
+    raw = params()
+    if preset:
+        raw["model"] = yaml.safe_load((ROOT / "conf" / "model" / f"{preset}.yaml").read_text())
+    if layers is not None:
+        raw["model"]["layers"] = layers
+    return config_module.validate(raw).model
+
+
+def test_default_model_is_the_seed_cnn_with_1413834_parameters():
+    default = model_config()
+    assert [layer.type for layer in default.layers] == SEED_LAYER_TYPES
+    assert model.count_parameters(default) == 1_413_834
+    keras_model = model.build_model(default)
+    assert keras_model.count_params() == 1_413_834
+    assert [type(layer).__name__ for layer in keras_model.layers] == [
+        "Conv2D", "MaxPooling2D", "Conv2D", "Conv2D", "MaxPooling2D", "Conv2D", "Conv2D",
+        "MaxPooling2D", "Flatten", "Dense", "Dropout", "Dense", "Dropout", "Dense",
+    ]  # fmt: skip
+    assert keras_model.layers[0].kernel_size == (7, 7)
+    assert keras_model.layers[0].padding == "same"
+
+
+def test_inferred_shapes_match_keras():
+    default = model_config()
+    inferred = [item.output_shape for item in model.infer_shapes(default)]
+    keras_model = model.build_model(default)
+    assert inferred == [tuple(layer.output.shape[1:]) for layer in keras_model.layers]
+    assert inferred[0] == (28, 28, 64)
+    assert inferred[7] == (3, 3, 256)
+    assert inferred[8] == (2304,)
+
+
+@pytest.mark.parametrize("preset", ["seed_cnn", "lenet5", "small_cnn"])
+def test_presets_build_with_the_inferred_parameter_count(preset):
+    preset_config = model_config(preset=preset)
+    assert model.build_model(preset_config).count_params() == model.count_parameters(preset_config)
+
+
+def test_lenet5_has_its_classic_shapes():
+    shapes = [item.output_shape for item in model.infer_shapes(model_config(preset="lenet5"))]
+    assert shapes[:4] == [(28, 28, 6), (14, 14, 6), (10, 10, 16), (5, 5, 16)]
+
+
+def test_valid_convolution_that_shrinks_to_zero_names_the_layer_and_key():
+    layers = [
+        {"type": "conv", "filters": 8, "kernel_size": 5, "padding": "valid"},
+        {"type": "max_pool", "pool_size": 2},
+        {"type": "conv", "filters": 8, "kernel_size": 13, "padding": "valid"},
+        {"type": "flatten"},
+        {"type": "dense", "units": 10, "activation": "softmax"},
+    ]
+    with pytest.raises(config_module.ConfigError, match=r"model\.layers\.2\.kernel_size = 13.*0x0"):
+        model.infer_shapes(model_config(layers))
+
+
+def test_too_many_pooling_layers_name_the_first_that_empties_the_image():
+    layers = [{"type": "max_pool", "pool_size": 2} for _ in range(6)]
+    layers += [{"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softmax"}]
+    with pytest.raises(config_module.ConfigError, match=r"model\.layers\.4\.pool_size"):
+        model.build_model(model_config(layers))
+
+
+def test_dense_on_an_image_asks_for_flatten():
+    layers = [{"type": "dense", "units": 10, "activation": "softmax"}]
+    with pytest.raises(config_module.ConfigError, match=r"model\.layers\.0.*flatten"):
+        model.infer_shapes(model_config(layers))
+
+
+@pytest.mark.parametrize(
+    ("layer", "message"),
+    [
+        ({"type": "conv", "filters": 0, "kernel_size": 3}, r"model\.layers\.0\.filters = 0"),
+        ({"type": "conv", "filters": 8, "kernel_size": -1}, r"model\.layers\.0\.kernel_size = -1"),
+        ({"type": "conv", "filters": 8, "kernel_size": 3, "activation": "relux"},
+         r"model\.layers\.0\.activation = 'relux'.*'relu'"),
+        ({"type": "conv", "filters": 8, "kernel_size": 3, "padding": "full"},
+         r"model\.layers\.0\.padding = 'full'.*'same' or 'valid'"),
+        ({"type": "dropout", "rate": 1.0}, r"model\.layers\.0\.rate = 1\.0.*less than 1"),
+        ({"type": "convolution", "filters": 8}, r"model\.layers\.0\.type = 'convolution'.*conv, max_pool"),
+        ({"type": "conv", "filters": 8, "kernel_size": 3, "filter": 3},
+         r"unknown key 'model\.layers\.0\.filter'.*filters"),
+    ],
+)  # fmt: skip
+def test_bad_layer_values_give_one_line_naming_the_key(layer, message):
+    layers = [layer, {"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softmax"}]
+    with pytest.raises(config_module.ConfigError, match=message) as raised:
+        model_config(layers)
+    assert "\n" not in str(raised.value)
+
+
+def test_output_layer_must_have_ten_units():
+    layers = [{"type": "flatten"}, {"type": "dense", "units": 7, "activation": "softmax"}]
+    with pytest.raises(config_module.ConfigError, match=r"model\.layers\.1.*units 10"):
+        model_config(layers)
