@@ -19,7 +19,7 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from fashion_cnn import paths, tracking  # noqa: E402
+from fashion_cnn import memory, paths, tracking  # noqa: E402
 from fashion_cnn.atomic import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
 from fashion_cnn.config import (  # noqa: E402
     ConfigError,
@@ -184,6 +184,8 @@ def train(config: ProjectConfig, project: paths.ProjectPaths) -> dict[str, float
     device = select_device(config.train.device)
     runtime = resolve_runtime(config.train, device)
     seed_everything(config.seed, config.train.deterministic)
+    if warning := memory.memory_warning(config):
+        log.warning("%s", warning)
     train_split = load_split(project.prepared_dir, "train")
     validation_split = load_split(project.prepared_dir, "validation")
     print(
