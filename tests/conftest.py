@@ -1,0 +1,337 @@
+"""Shared fixtures: temp project copies, synthetic Fashion-MNIST files, a real HTTP server, configs."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import http.server
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize
+
+from fashion_cnn import config, download, prepare
+from fashion_cnn.idx import encode_idx
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The console scripts (dvc) and the `python` that dvc.yaml's commands call live beside the test interpreter.
+VENV_BIN = Path(sys.executable).parent
+
+# What a checkout needs for the stages and for dvc: code is copied only so dvc.yaml's deps exist,
+# the stages import the installed package.
+PROJECT_FILES = ("params.yaml", "dvc.yaml", ".dvcignore", ".gitignore")
+PROJECT_DIRS = ("conf", "src")
+
+
+# ---- isolation ----
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep every test off the repo's mlflow.db and out of the developer's mirror and root settings."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv(download.MIRROR_ENV_VAR, raising=False)
+    monkeypatch.delenv("FASHION_CNN_ROOT", raising=False)
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.setenv("PATH", f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
+# ---- temp copies of the project ----
+
+
+def copy_project(destination: Path, *, with_dvc: bool = False) -> Path:
+    """Copy params, dvc.yaml, conf/ and src/ to `destination`; with_dvc adds git + dvc init and a commit."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        shutil.copy2(REPO_ROOT / name, destination / name)
+    for name in PROJECT_DIRS:
+        shutil.copytree(
+            REPO_ROOT / name,
+            destination / name,
+            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
+        )
+    if with_dvc:
+        _run_command(["git", "init", "-q"], destination)
+        _run_command([str(VENV_BIN / "dvc"), "init", "-q"], destination)
+        # The repo's own DVC settings (Hydra composition on, autostage).
+        shutil.copy2(REPO_ROOT / ".dvc" / "config", destination / ".dvc" / "config")
+        _git_commit(destination, "copy of the project")
+    return destination
+
+
+def _run_command(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run a command to completion, raising with its output when it fails."""
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+    if result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        )
+    return result
+
+
+def _git_commit(project: Path, message: str) -> None:
+    """Commit everything in a temp project (a fixed identity, so no global git config is needed)."""
+    identity = ["-c", "user.name=fashion-cnn tests", "-c", "user.email=tests@fashion-cnn.invalid"]
+    _run_command(["git", "add", "-A"], project)
+    _run_command(["git", *identity, "commit", "-q", "--no-verify", "-m", message], project)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The checkout the tests run from (holds the committed params.yaml, dvc.yaml and conf/)."""
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def project_copier() -> Callable[..., Path]:
+    """copy_project for fixtures of any scope: copier(destination, with_dvc=False) -> destination."""
+    return copy_project
+
+
+@pytest.fixture(scope="session")
+def run_command() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """run_command(args, cwd, timeout=300): run to completion; a failure fails the test, with its output."""
+    return _run_command
+
+
+@pytest.fixture(scope="session")
+def git_commit() -> Callable[[Path, str], None]:
+    """git_commit(project, message): commit everything in a temp project."""
+    return _git_commit
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temp copy of the project (no git/dvc) as the cwd and $FASHION_CNN_ROOT; MLflow in tmp_path."""
+    root = copy_project(tmp_path / "project")
+    monkeypatch.setenv("FASHION_CNN_ROOT", str(root))
+    monkeypatch.chdir(root)
+    return root
+
+
+@pytest.fixture
+def dvc_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Like `project`, plus `git init`, `dvc init`, the repo's .dvc/config and a first commit."""
+    root = copy_project(tmp_path / "project", with_dvc=True)
+    monkeypatch.setenv("FASHION_CNN_ROOT", str(root))
+    monkeypatch.chdir(root)
+    return root
+
+
+@pytest.fixture
+def run_stage() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run `python -m fashion_cnn.<stage> <overrides>` in a project folder; returns it even on failure."""
+
+    def run(stage: str, *overrides: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", f"fashion_cnn.{stage}", *overrides],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    return run
+
+
+# ---- configs composed from the real params.yaml ----
+
+
+@pytest.fixture
+def make_config() -> Callable[..., config.ProjectConfig]:
+    """Compose and validate what a stage runs with: params.yaml (the repo's or `root`'s) + overrides."""
+
+    def compose_config(*overrides: str, root: Path = REPO_ROOT) -> config.ProjectConfig:
+        config._register_stage_config(root)
+        with initialize(version_base="1.3", config_path=None):
+            composed = compose(config.STAGE_CONFIG_NAME, overrides=list(overrides))
+        return config.validate(config.to_plain_dict(composed))
+
+    return compose_config
+
+
+# ---- synthetic Fashion-MNIST files ----
+
+
+@dataclass
+class SyntheticRaw:
+    """Four small gzipped IDX files in `directory`, the arrays in them and their download.FILES entries."""
+
+    directory: Path
+    # Keyed by the raw split prefix: "train" or "t10k"; images (count, 28, 28) uint8, labels (count,).
+    images: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    # The .gz payloads by file name without .gz, e.g. "train-images-idx3-ubyte".
+    gz_bytes: dict[str, bytes] = field(default_factory=dict)
+    files: tuple[download.ExpectedFile, ...] = ()
+
+    def path(self, name: str) -> Path:
+        """The .gz path of a file name such as 'train-labels-idx1-ubyte'."""
+        return self.directory / f"{name}.gz"
+
+
+def make_synthetic_raw(directory: Path, n_train: int = 120, n_test: int = 30, seed: int = 0) -> SyntheticRaw:
+    """Write random images (pixel (0, 0) always black) and labels 0..9 in Fashion-MNIST's file layout."""
+    rng = np.random.default_rng(seed)
+    images, labels = {}, {}
+    for prefix, count in (("train", n_train), ("t10k", n_test)):
+        images[prefix] = rng.integers(0, 256, size=(count, 28, 28), dtype=np.uint8)
+        # A constant pixel, as the dataset's borders are: its std is 0, so only the epsilon remains.
+        images[prefix][:, 0, 0] = 0
+        labels[prefix] = rng.integers(0, 10, size=count, dtype=np.uint8)
+    raw = SyntheticRaw(directory, images, labels)
+    directory.mkdir(parents=True, exist_ok=True)
+    expected = []
+    for prefix in ("train", "t10k"):
+        for kind, array in (("images-idx3", images[prefix]), ("labels-idx1", labels[prefix])):
+            name = f"{prefix}-{kind}-ubyte"
+            idx_bytes = encode_idx(array)
+            raw.gz_bytes[name] = gzip.compress(idx_bytes, mtime=0)
+            raw.path(name).write_bytes(raw.gz_bytes[name])
+            expected.append(
+                download.ExpectedFile(name, hashlib.sha256(idx_bytes).hexdigest(), len(idx_bytes))
+            )
+    # Same order as download.FILES.
+    order = [item.name for item in download.FILES]
+    raw.files = tuple(sorted(expected, key=lambda item: order.index(item.name)))
+    return raw
+
+
+@pytest.fixture
+def synthetic_raw(tmp_path: Path) -> SyntheticRaw:
+    """120 train and 30 test synthetic images in tmp_path/raw (use make_synthetic_raw for other sizes)."""
+    return make_synthetic_raw(tmp_path / "raw")
+
+
+@pytest.fixture
+def synthetic_prepared(tmp_path: Path, synthetic_raw: SyntheticRaw, make_config) -> Path:
+    """tmp_path/prepared from synthetic_raw by the real prepare step: 100 train, 20 validation, 30 test."""
+    data_config = make_config("data.validation_size=20").data
+    prepared_dir = tmp_path / "prepared"
+    prepare.prepare(synthetic_raw.directory, prepared_dir, data_config)
+    return prepared_dir
+
+
+# ---- a real HTTP server ----
+
+
+class _MirrorHandler(http.server.BaseHTTPRequestHandler):
+    """GET /<mode>/<file>.gz answers the file as a mirror in that state would (see HttpMirror)."""
+
+    server: _MirrorServer
+
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server dispatches to.
+        self.server.requests.append(self.path)
+        _, mode, file_name = (self.path.split("/", 2) + ["", ""])[:3]
+        payload = self.server.files.get(file_name.removesuffix(".gz"))
+        if payload is None or mode == "missing":
+            self.send_error(404, "Not Found")
+        elif mode == "good":
+            self._send(payload)
+        elif mode == "recompressed":
+            # Another mirror's gzip of the same IDX bytes: different .gz bytes, same content.
+            self._send(gzip.compress(gzip.decompress(payload), compresslevel=1, mtime=1234567890))
+        elif mode == "corrupt":
+            # Right size, wrong content: only the checksum can tell.
+            content = bytearray(gzip.decompress(payload))
+            content[-1] ^= 0xFF
+            self._send(gzip.compress(bytes(content), mtime=0))
+        elif mode == "truncated":
+            # The connection drops halfway: Content-Length promises more than arrives.
+            self._send(payload, body=payload[: len(payload) // 2])
+        elif mode == "slow":
+            self.server.release.wait(self.server.slow_seconds)
+            self._send(payload)
+        elif mode == "stalled":
+            # Headers and half the body arrive, then nothing.
+            self._send(payload, body=payload[: len(payload) // 2])
+            self.server.release.wait(self.server.slow_seconds)
+        else:
+            self.send_error(400, f"unknown mode {mode!r}")
+
+    def _send(self, payload: bytes, body: bytes | None = None) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/gzip")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload if body is None else body)
+        self.wfile.flush()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the signature http.server calls.
+        pass
+
+
+class _MirrorServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _MirrorHandler)
+        self.files: dict[str, bytes] = {}
+        self.requests: list[str] = []
+        self.release = threading.Event()
+        self.slow_seconds = 10.0
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # Clients that time out close the socket on slow handlers; that is the point, not an error.
+        pass
+
+
+@dataclass
+class HttpMirror:
+    """A live mirror on 127.0.0.1: put .gz payloads in `files` (by name without .gz), pick a mode per URL.
+
+    Modes: good, recompressed, missing (404), corrupt (checksum mismatch), truncated (connection cut
+    halfway), slow (no answer for `slow_seconds`), stalled (half the body, then silence).
+    """
+
+    server: _MirrorServer
+
+    @property
+    def files(self) -> dict[str, bytes]:
+        return self.server.files
+
+    @property
+    def requests(self) -> list[str]:
+        """Paths requested so far, in order."""
+        return self.server.requests
+
+    def url(self, mode: str) -> str:
+        """Base URL of a mirror in `mode`; a file is fetched from <url>/<name>.gz."""
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}/{mode}"
+
+    @functools.cached_property
+    def unreachable_url(self) -> str:
+        """A URL on a local port where nothing listens (connection refused, like no network)."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        return f"http://127.0.0.1:{port}/fashion-mnist"
+
+
+@pytest.fixture
+def http_mirror() -> Iterator[HttpMirror]:
+    """A real threaded HTTP server on 127.0.0.1 serving good, missing, corrupt, truncated and slow files."""
+    server = _MirrorServer()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield HttpMirror(server)
+    finally:
+        # Wake slow handlers so shutdown does not wait for them.
+        server.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
