@@ -233,11 +233,6 @@ def test_unparseable_params_yaml_fails_naming_the_file(cli_runs) -> None:
     assert not (run.project / "data").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a YAML syntax error in params.yaml escapes as Hydra's full traceback; config.stage_main "
-    "should parse params.yaml first and print one line (see the test report)",
-)
 def test_unparseable_params_yaml_is_one_line(cli_runs) -> None:
     run = cli_runs["unparseable-params"]
     assert len(run.stderr_lines) == 1, run.result.stderr

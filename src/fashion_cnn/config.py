@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import hydra
+import yaml
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -253,6 +254,17 @@ def _register_stage_config(root: Path) -> None:
     ConfigStore.instance().store(name=STAGE_CONFIG_NAME, node=node)
 
 
+def check_params_file(path: Path) -> None:
+    """Parse params.yaml before Hydra does, so a syntax error is one line with its line number."""
+    try:
+        yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
+
+
 def stage_main(task: Callable[[ProjectConfig, paths.ProjectPaths], Any]) -> Callable[[], None]:
     """Wrap `task(config, project_paths)` as a Hydra app over params.yaml with one-line errors."""
 
@@ -261,6 +273,11 @@ def stage_main(task: Callable[[ProjectConfig, paths.ProjectPaths], Any]) -> Call
         try:
             project = paths.project_paths()
         except FileNotFoundError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(1)
+        try:
+            check_params_file(project.params_file)
+        except ConfigError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(1)
         _register_stage_config(project.root)

@@ -81,10 +81,11 @@ def run_tags(project: paths.ProjectPaths, stage: str, overrides: list[str]) -> d
 
 
 def log_config(config: ProjectConfig) -> None:
-    """Log the whole resolved config as flat dotted params, in batches MLflow accepts."""
+    """Log the whole resolved config as flat dotted params (in batches MLflow accepts) and as config.yaml."""
     items = [(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in flatten(config).items()]
     for start in range(0, len(items), PARAM_BATCH):
         mlflow.log_params(dict(items[start : start + PARAM_BATCH]))
+    mlflow.log_dict(config.model_dump(mode="json"), "config.yaml")
 
 
 @contextlib.contextmanager
