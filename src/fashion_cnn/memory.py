@@ -1,0 +1,309 @@
+"""Stage memory: parameters, multiply-adds and activation memory per layer, per image and per batch.
+
+This is the seed's "Memory Requirements" section applied to the configured architecture. During
+training every layer's output is kept for backpropagation; during inference a layer's output can be
+freed once the next layer is computed, so only two consecutive layers are held at a time. Sizes use
+decimal units (1 MB = 10^6 bytes), as the seed does.
+
+`python -m fashion_cnn.memory` writes reports/memory.md and reports/memory.json and prints the
+table; with command-line overrides (`model=lenet5 train.batch_size=128`) it only prints, so the
+committed report keeps describing params.yaml.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from fashion_cnn import paths
+from fashion_cnn.atomic import write_json_atomic, write_text_atomic
+from fashion_cnn.config import (
+    ConvLayer,
+    DenseLayer,
+    ModelConfig,
+    PoolLayer,
+    ProjectConfig,
+    hydra_overrides,
+    stage_main,
+)
+from fashion_cnn.model import infer_shapes, spatial_output
+
+log = logging.getLogger(__name__)
+
+FLOAT32_BYTES = 4
+# float16 and bfloat16 both take two bytes per value.
+HALF_BYTES = 2
+# Per-parameter tensors an optimizer keeps besides the weights (Adam-style: first and second moments).
+OPTIMIZER_SLOTS = {"nadam": 2, "adam": 2, "rmsprop": 1, "sgd": 1}
+REPORT_MARKDOWN = "memory.md"
+REPORT_JSON = "memory.json"
+# The seed's worked example: 5x5 conv, 200 maps, stride 1, "same", on a 150x100 RGB image, batch 100.
+SEED_EXAMPLE = {"input_hw": (150, 100), "channels": 3, "kernel": 5, "filters": 200, "batch_size": 100}
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """What one layer costs for one image: its output, weights and multiplications."""
+
+    name: str
+    description: str
+    output_shape: tuple[int, ...]
+    parameters: int
+    multiply_adds: int
+
+    @property
+    def output_values(self) -> int:
+        return math.prod(self.output_shape)
+
+    def output_bytes(self, dtype_bytes: int = FLOAT32_BYTES) -> int:
+        """Memory of this layer's output for one image, at `dtype_bytes` per value."""
+        return self.output_values * dtype_bytes
+
+
+def conv_layer_cost(
+    input_hw: tuple[int, int],
+    channels: int,
+    kernel: int,
+    filters: int,
+    stride: int = 1,
+    padding: str = "same",
+    name: str = "conv",
+) -> LayerCost:
+    """One conv layer: (f * f * channels + 1) * filters weights, f * f * channels multiplies per output."""
+    height, width = (spatial_output(side, kernel, stride, padding) for side in input_hw)
+    inputs_per_neuron = kernel * kernel * channels
+    return LayerCost(
+        name=name,
+        description=f"conv {filters} {kernel}x{kernel}/{stride} {padding}",
+        output_shape=(height, width, filters),
+        parameters=(inputs_per_neuron + 1) * filters,
+        multiply_adds=height * width * filters * inputs_per_neuron,
+    )
+
+
+def layer_costs(model_config: ModelConfig) -> list[LayerCost]:
+    """The input image, then one LayerCost per layer of the configured architecture."""
+    costs = [LayerCost("input", "image", tuple(model_config.input_shape), 0, 0)]
+    for shape in infer_shapes(model_config):
+        layer, name = shape.layer, f"{shape.index:02d}_{shape.layer.type}"
+        if isinstance(layer, ConvLayer):
+            height, width, channels = shape.input_shape
+            cost = conv_layer_cost(
+                (height, width),
+                channels,
+                layer.kernel_size,
+                layer.filters,
+                layer.strides,
+                layer.padding,
+                name,
+            )
+        elif isinstance(layer, DenseLayer):
+            multiply_adds = shape.input_shape[0] * layer.units
+            cost = LayerCost(
+                name, f"dense {layer.units}", shape.output_shape, shape.parameters, multiply_adds
+            )
+        elif isinstance(layer, PoolLayer):
+            description = f"{layer.type.replace('_', ' ')} {layer.pool_size}x{layer.pool_size}"
+            cost = LayerCost(name, description, shape.output_shape, 0, 0)
+        else:
+            cost = LayerCost(name, layer.type, shape.output_shape, shape.parameters, 0)
+        costs.append(cost)
+    return costs
+
+
+def _by_dtype(values: int) -> dict[str, int]:
+    """Bytes of `values` numbers in float32 and in a 16-bit float."""
+    return {"float32": values * FLOAT32_BYTES, "float16": values * HALF_BYTES}
+
+
+def memory_report(model_config: ModelConfig, batch_size: int) -> dict[str, Any]:
+    """Per-layer costs, totals, and the memory one batch needs for training and for inference."""
+    costs = layer_costs(model_config)
+    pair_values = [
+        first.output_values + second.output_values
+        for first, second in zip(costs[:-1], costs[1:], strict=True)
+    ]
+    peak = max(range(len(pair_values)), key=pair_values.__getitem__)
+    total_values = sum(cost.output_values for cost in costs)
+    parameters = sum(cost.parameters for cost in costs)
+    return {
+        "model": model_config.name,
+        "input_shape": list(model_config.input_shape),
+        "batch_size": batch_size,
+        "units": "bytes; float16 columns also hold for bfloat16",
+        "layers": [
+            {
+                "name": cost.name,
+                "description": cost.description,
+                "output_shape": list(cost.output_shape),
+                "parameters": cost.parameters,
+                "multiply_adds": cost.multiply_adds,
+                "activation_bytes": _by_dtype(cost.output_values),
+            }
+            for cost in costs
+        ],
+        "totals": {
+            "parameters": parameters,
+            "parameter_bytes": parameters * FLOAT32_BYTES,
+            "multiply_adds": sum(cost.multiply_adds for cost in costs),
+            "activation_bytes": _by_dtype(total_values),
+        },
+        "batch": {
+            # Backpropagation needs every layer's output of the forward pass.
+            "training_activation_bytes": _by_dtype(batch_size * total_values),
+            # Inference frees a layer's output once the next one is computed.
+            "inference_activation_bytes": _by_dtype(batch_size * pair_values[peak]),
+            "inference_peak_layers": [costs[peak].name, costs[peak + 1].name],
+        },
+    }
+
+
+def format_bytes(count: float) -> str:
+    """Decimal units, as the seed: 12000000 -> '12.0 MB'."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.3g} {unit}" if count / scale < 100 else f"{count / scale:.0f} {unit}"
+    return f"{count:.0f} B"
+
+
+def seed_example_line() -> str:
+    """The seed's worked example, recomputed by conv_layer_cost."""
+    example = SEED_EXAMPLE
+    cost = conv_layer_cost(example["input_hw"], example["channels"], example["kernel"], example["filters"])
+    height, width = example["input_hw"]
+    return (
+        f'A 5x5 conv with {example["filters"]} feature maps of {height}x{width}, stride 1, "same" padding, '
+        f"on a {height}x{width} RGB image: {cost.parameters:,} parameters, {cost.multiply_adds:,} "
+        f"multiplications, {format_bytes(cost.output_bytes())} per instance in float32 and "
+        f"{format_bytes(cost.output_bytes() * example['batch_size'])} for a batch of {example['batch_size']}."
+    )
+
+
+def format_markdown(report: dict[str, Any]) -> str:
+    """The report as a markdown page: one row per layer, totals, then one batch."""
+    shape = "x".join(str(side) for side in report["input_shape"])
+    lines = [
+        f"# Memory report: {report['model']}",
+        "",
+        f"Input {shape}, batch size {report['batch_size']} (`train.batch_size`). Computed by "
+        '`python -m fashion_cnn.memory` as the seed\'s section "Memory Requirements" explains; '
+        "decimal units, 1 MB = 10^6 bytes; the 16-bit column holds for float16 and bfloat16.",
+        "",
+        "| Layer | Kind | Output shape | Parameters | Multiply-adds / image | Activations / image, "
+        "float32 | 16-bit |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for layer in report["layers"]:
+        lines.append(
+            f"| {layer['name']} | {layer['description']} | {'x'.join(map(str, layer['output_shape']))} | "
+            f"{layer['parameters']:,} | {layer['multiply_adds']:,} | "
+            f"{format_bytes(layer['activation_bytes']['float32'])} | "
+            f"{format_bytes(layer['activation_bytes']['float16'])} |"
+        )
+    totals, batch = report["totals"], report["batch"]
+    lines.append(
+        f"| **Total** | | | **{totals['parameters']:,}** | **{totals['multiply_adds']:,}** | "
+        f"**{format_bytes(totals['activation_bytes']['float32'])}** | "
+        f"**{format_bytes(totals['activation_bytes']['float16'])}** |"
+    )
+    training, inference = batch["training_activation_bytes"], batch["inference_activation_bytes"]
+    peak = " + ".join(batch["inference_peak_layers"])
+    lines += [
+        "",
+        f"## One batch of {report['batch_size']} images",
+        "",
+        "| Activations held | float32 | 16-bit |",
+        "|---|---:|---:|",
+        f"| Training: every layer's output, kept for backpropagation | {format_bytes(training['float32'])} | "
+        f"{format_bytes(training['float16'])} |",
+        f"| Inference: the two consecutive layers that need most ({peak}) | "
+        f"{format_bytes(inference['float32'])} | {format_bytes(inference['float16'])} |",
+        "",
+        f"The weights take {format_bytes(totals['parameter_bytes'])} in float32; training also keeps their "
+        "gradients and the optimizer's state (`fashion_cnn.memory.estimate_training_bytes` adds them).",
+        "",
+        "## The seed's worked example",
+        "",
+        seed_example_line(),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def estimate_training_bytes(config: ProjectConfig) -> int:
+    """Lower bound of training memory: a batch's activations plus weights, gradients and optimizer state."""
+    half = config.train.mixed_precision in ("mixed_float16", "mixed_bfloat16")
+    report = memory_report(config.model, config.train.batch_size)
+    activations = report["batch"]["training_activation_bytes"]["float16" if half else "float32"]
+    slots = OPTIMIZER_SLOTS[config.train.optimizer]
+    if config.train.optimizer == "sgd" and config.train.momentum == 0:
+        slots = 0
+    # Weights and gradients stay float32 under mixed precision (Keras keeps float32 master weights).
+    return activations + report["totals"]["parameter_bytes"] * (2 + slots)
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else None."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def memory_warning(config: ProjectConfig, available_bytes: int | None = None) -> str | None:
+    """A one-line warning when the training estimate exceeds `available_bytes` (default: free RAM)."""
+    available = available_memory_bytes() if available_bytes is None else available_bytes
+    needed = estimate_training_bytes(config)
+    if available is None or needed <= available:
+        return None
+    return (
+        f"training {config.model.name} with train.batch_size = {config.train.batch_size} needs about "
+        f"{format_bytes(needed)} but only {format_bytes(available)} is available; lower train.batch_size "
+        f"or use train.mixed_precision"
+    )
+
+
+@stage_main
+def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
+    """Entry point of `python -m fashion_cnn.memory`."""
+    report = memory_report(config.model, config.train.batch_size)
+    markdown = format_markdown(report)
+    overrides = hydra_overrides()
+    if overrides:
+        print(markdown)
+        print(f"(overrides {' '.join(overrides)}: reports/memory.* left as they are)", file=sys.stderr)
+        return
+    # MLflow takes seconds to import; the print-only path above does without it.
+    import mlflow
+
+    from fashion_cnn import tracking
+
+    markdown_path = project.reports_dir / REPORT_MARKDOWN
+    json_path = project.reports_dir / REPORT_JSON
+    write_text_atomic(markdown_path, markdown)
+    write_json_atomic(json_path, report)
+    with tracking.stage_run(
+        project, config, "memory", "memory", config.tracking.pipeline_experiment_name, overrides
+    ):
+        mlflow.log_artifact(str(markdown_path))
+        mlflow.log_artifact(str(json_path))
+        mlflow.log_metrics(
+            {
+                "parameters": report["totals"]["parameters"],
+                "multiply_adds": report["totals"]["multiply_adds"],
+                "training_activation_bytes": report["batch"]["training_activation_bytes"]["float32"],
+                "inference_activation_bytes": report["batch"]["inference_activation_bytes"]["float32"],
+            }
+        )
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""Stage model_figures: what the trained model learned (filters, feature maps, curves, mistakes) as PNG.
+
+Images are shown standardized, as the model sees them (the stage depends on test.npz only).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+# Hide TensorFlow's C++ start-up chatter (CUDA probing on CPU machines); users may override.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import layers  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from fashion_cnn import CLASS_NAMES, paths, plotting, tracking  # noqa: E402
+from fashion_cnn.config import DataError, ProjectConfig, stage_main  # noqa: E402
+from fashion_cnn.data import Split, load_split  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
+# Feature maps drawn per conv layer and image, and misclassified images drawn (rows x columns).
+FEATURE_MAPS_SHOWN = 8
+MISCLASSIFIED_GRID = (4, 6)
+PREDICT_BATCH_SIZE = 500
+
+
+def load_trained_model(path: Path) -> keras.Model:
+    """The trained Keras model, loaded without running any code stored in the file."""
+    if not path.is_file():
+        raise DataError(f"{path}: missing (run `dvc repro train` first)")
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except (OSError, ValueError, TypeError) as error:
+        raise DataError(f"{path}: not a loadable Keras model ({error})") from None
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    """The rows of reports/train/history.csv as floats, checked for the columns the curves need."""
+    if not path.is_file():
+        raise DataError(f"{path}: missing (run `dvc repro train` first)")
+    with open(path, newline="") as file:
+        reader = csv.DictReader(file)
+        missing = [column for column in HISTORY_COLUMNS if column not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{path}: missing columns {missing} (has {reader.fieldnames})")
+        try:
+            rows = [{column: float(row[column]) for column in HISTORY_COLUMNS} for row in reader]
+        except (TypeError, ValueError) as error:
+            raise DataError(f"{path}: line {reader.line_num}: not a number ({error})") from None
+    if not rows:
+        raise DataError(f"{path}: no epochs recorded")
+    return rows
+
+
+def conv_layers(model: keras.Model) -> list[layers.Conv2D]:
+    """The model's Conv2D layers, input to output."""
+    return [layer for layer in model.layers if isinstance(layer, layers.Conv2D)]
+
+
+def one_image_per_class(split: Split) -> tuple[np.ndarray, np.ndarray]:
+    """The first test image of each class present: images (count, 28, 28, 1) and their labels."""
+    indices = [int(np.argmax(split.labels == label)) for label in np.unique(split.labels)]
+    return split.images[indices], split.labels[indices]
+
+
+def conv_outputs(model: keras.Model, images: np.ndarray) -> list[np.ndarray]:
+    """Each conv layer's output (count, height, width, filters), running the layers in inference mode."""
+    outputs, activations = [], images
+    for layer in model.layers:
+        activations = layer(activations, training=False)
+        if isinstance(layer, layers.Conv2D):
+            outputs.append(keras.ops.convert_to_numpy(activations))
+    return outputs
+
+
+def filters_figure(layer: layers.Conv2D) -> Figure:
+    """The first conv layer's kernels on one diverging scale (averaged over input channels if several)."""
+    kernel = keras.ops.convert_to_numpy(layer.kernel)  # (height, width, input channels, filters)
+    weights = kernel.mean(axis=2).transpose(2, 0, 1)  # (filters, height, width)
+    count, height, width = weights.shape
+    columns = int(np.ceil(np.sqrt(count)))
+    rows = int(np.ceil(count / columns))
+    tiles = np.full((rows * columns, height, width), np.nan, dtype=np.float32)
+    tiles[:count] = weights
+    limit = float(np.abs(weights).max()) or 1.0
+    figure = plotting.new_figure(0.8 * columns + 2.6, 0.8 * rows + 1.0)
+    channels = "" if kernel.shape[2] == 1 else f", mean over {kernel.shape[2]} input channels"
+    figure.suptitle(f"Learned filters of {layer.name}: {count} kernels {height}x{width}{channels}")
+    axes = figure.add_subplot()
+    drawn = plotting.show_mosaic(
+        axes,
+        tiles.reshape(rows, columns, height, width),
+        cmap="RdBu_r",
+        value_range=(-limit, limit),
+        separator_color="#404040",
+    )
+    first_in_row = [row * columns + 1 for row in range(rows)]
+    row_labels = [f"filters {first}-{min(first + columns - 1, count)}" for first in first_in_row]
+    axes.set_yticks(np.arange(rows) + 0.5, row_labels)
+    axes.tick_params(length=0, labelsize=9)
+    figure.colorbar(drawn, ax=axes, shrink=0.8, label="Weight")
+    return figure
+
+
+def _scaled(tiles: np.ndarray, axis: tuple[int, ...]) -> np.ndarray:
+    """Tiles rescaled to 0..1 over `axis` (min to max), so each group uses the whole gray range."""
+    low = tiles.min(axis=axis, keepdims=True)
+    span = tiles.max(axis=axis, keepdims=True) - low
+    return (tiles - low) / np.where(span > 0, span, 1.0)
+
+
+def feature_maps_figure(
+    layer: layers.Conv2D, images: np.ndarray, labels: np.ndarray, maps: np.ndarray
+) -> Figure:
+    """Rows: one test image per class; left the image, right the layer's most active feature maps."""
+    shown = min(FEATURE_MAPS_SHOWN, maps.shape[-1])
+    # The maps with the largest mean activation over these images: many maps stay dark (dead ReLUs).
+    chosen = np.argsort(-maps.mean(axis=(0, 1, 2)), kind="stable")[:shown]
+    count = len(images)
+    figure = plotting.new_figure(1.05 * (shown + 1) + 1.9, 1.05 * count + 1.1)
+    figure.suptitle(
+        f"{layer.name}: the {shown} most active of its {maps.shape[-1]} feature maps "
+        f"({maps.shape[1]}x{maps.shape[2]}), one test image per class"
+    )
+    input_axes, maps_axes = figure.subplots(1, 2, width_ratios=[1, shown])
+    plotting.show_mosaic(input_axes, _scaled(images[:, np.newaxis, :, :, 0], axis=(2, 3)))
+    input_axes.set_yticks(np.arange(count) + 0.5, [CLASS_NAMES[label] for label in labels])
+    input_axes.tick_params(length=0)
+    input_axes.set_title("Input")
+    map_tiles = maps[..., chosen].transpose(0, 3, 1, 2)  # (count, shown, height, width)
+    # One scale per row (image): dark maps are ones this image hardly activates.
+    row_maximum = map_tiles.max(axis=(1, 2, 3), keepdims=True)
+    plotting.show_mosaic(
+        maps_axes, map_tiles / np.where(row_maximum > 0, row_maximum, 1.0), value_range=(0, 1)
+    )
+    maps_axes.set_xticks(np.arange(shown) + 0.5, [f"map {index + 1}" for index in chosen])
+    maps_axes.xaxis.tick_top()
+    maps_axes.tick_params(length=0)
+    maps_axes.set_title("Feature maps (each row scaled to its largest value; black = 0)")
+    return figure
+
+
+def misclassified_figure(images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray) -> Figure:
+    """The first misclassified test images with their true and predicted class (and its probability)."""
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    rows, columns = MISCLASSIFIED_GRID
+    figure = plotting.new_figure(2.0 * columns, 2.25 * rows + 0.6)
+    figure.suptitle(
+        f"Misclassified test images: {len(wrong):,} of {len(labels):,} ({len(wrong) / len(labels):.1%}); "
+        f"the first {min(len(wrong), rows * columns)} shown"
+    )
+    for position, axes in enumerate(figure.subplots(rows, columns).flat):
+        if position >= len(wrong):
+            axes.axis("off")
+            continue
+        index = wrong[position]
+        plotting.show_image(axes, images[index, :, :, 0])
+        confidence = probabilities[index, predicted[index]]
+        true_name, predicted_name = CLASS_NAMES[labels[index]], CLASS_NAMES[predicted[index]]
+        axes.set_title(f"true: {true_name}\npredicted: {predicted_name} ({confidence:.0%})", fontsize=9)
+    return figure
+
+
+def model_figures(
+    model: keras.Model, test: Split, history_rows: list[dict[str, Any]]
+) -> Iterator[tuple[str, Figure]]:
+    """Yield (file stem, figure): filters, feature maps per conv layer, training curves, mistakes."""
+    convolutions = conv_layers(model)
+    if not convolutions:
+        raise DataError(
+            f"model {model.name!r} has no Conv2D layer: nothing to draw filters or feature maps of"
+        )
+    yield "first_conv_filters", filters_figure(convolutions[0])
+    images, labels = one_image_per_class(test)
+    for layer, maps in zip(convolutions, conv_outputs(model, images), strict=True):
+        yield f"feature_maps_{layer.name}", feature_maps_figure(layer, images, labels, maps)
+    yield "training_curves", plotting.plot_training_curves(history_rows)
+    probabilities = model.predict(test.images, batch_size=PREDICT_BATCH_SIZE, verbose=0)
+    yield "misclassified", misclassified_figure(test.images, test.labels, probabilities)
+
+
+def render_model_figures(
+    model: keras.Model, test: Split, history_rows: list[dict[str, Any]], output_dir: Path
+) -> list[Path]:
+    """Write every model figure as `<name>.png` in `output_dir`; return the paths written."""
+    written = []
+    for name, figure in model_figures(model, test, history_rows):
+        path = output_dir / f"{name}.png"
+        plotting.save_figure(figure, path)
+        written.append(path)
+    return written
+
+
+@stage_main
+def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
+    """Entry point of `python -m fashion_cnn.model_figures`."""
+    model = load_trained_model(project.model_file)
+    test = load_split(project.prepared_dir, "test")
+    history_rows = read_history(project.history_file)
+    output_dir = project.figures_dir / "model"
+    with tracking.model_run(project, config, "model_figures"):
+        written = render_model_figures(model, test, history_rows, output_dir)
+        for path in written:
+            mlflow.log_artifact(str(path), artifact_path="figures/model")
+    log.info("wrote %d figures to %s", len(written), output_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Figures of the trained model: a tiny small_cnn, a tiny test split and history in a temp project."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from fashion_cnn import CLASS_NAMES, data, model, model_figures, paths, plotting, tracking
+from fashion_cnn.config import DataError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+HISTORY_CSV = (
+    "epoch,loss,accuracy,val_loss,val_accuracy,epoch_seconds\n"
+    "1,1.200000,0.550000,0.900000,0.660000,3.1\n"
+    "2,0.700000,0.740000,0.650000,0.760000,2.9\n"
+    "3,0.550000,0.800000,0.560000,0.790000,2.9\n"
+)
+# small_cnn has three conv layers, named by the builder after their index in params.
+EXPECTED_FIGURES = (
+    "first_conv_filters",
+    "feature_maps_00_conv",
+    "feature_maps_02_conv",
+    "feature_maps_04_conv",
+    "training_curves",
+    "misclassified",
+)
+
+
+def assert_png(path: Path, min_side: int = 300, max_side: int = 4000) -> None:
+    """A real PNG whose pixel size is one a person can read on a screen."""
+    assert path.read_bytes()[:8] == PNG_SIGNATURE, f"{path.name} is not a PNG"
+    with Image.open(path) as image:
+        width, height = image.size
+        image.load()
+    assert min_side <= min(width, height) and max(width, height) <= max_side, (path.name, width, height)
+
+
+@pytest.fixture
+def model_project(project: Path, make_config) -> Path:
+    """The temp project with what train and prepare leave: model.keras, its MLflow run, test.npz, history."""
+    project_paths = paths.ProjectPaths(project)
+    keras.utils.set_random_seed(0)
+    keras_model = model.build_model(make_config("model=small_cnn").model)
+    project_paths.model_dir.mkdir(parents=True)
+    keras_model.save(project_paths.model_file)
+    generator = np.random.default_rng(0)
+    images = generator.normal(size=(30, 28, 28, 1)).astype(np.float32)  # (30, 28, 28, 1), standardized
+    labels = (np.arange(30) % 10).astype(np.uint8)
+    data.save_npz(project_paths.prepared_dir / "test.npz", images=images, labels=labels)
+    project_paths.history_file.parent.mkdir(parents=True)
+    project_paths.history_file.write_text(HISTORY_CSV)
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    experiment_id = client.create_experiment(
+        "fashion-cnn", artifact_location=(project / "mlartifacts").as_uri()
+    )
+    run = client.create_run(experiment_id, run_name="train")
+    client.set_terminated(run.info.run_id)
+    tracking.write_run_info(project_paths, run)
+    return project
+
+
+def load_inputs(project: Path) -> tuple[keras.Model, data.Split, list[dict[str, float]]]:
+    """What the stage reads, through the stage's own loaders."""
+    project_paths = paths.ProjectPaths(project)
+    return (
+        model_figures.load_trained_model(project_paths.model_file),
+        data.load_split(project_paths.prepared_dir, "test"),
+        model_figures.read_history(project_paths.history_file),
+    )
+
+
+def test_conv_outputs_equal_the_layer_math(model_project: Path) -> None:
+    trained, test, _ = load_inputs(model_project)
+    images = test.images[:3]
+    outputs = model_figures.conv_outputs(trained, images)
+    conv_layers = model_figures.conv_layers(trained)
+    assert [output.shape[-1] for output in outputs] == [layer.filters for layer in conv_layers]
+    first = conv_layers[0]
+    expected = tf.nn.relu(tf.nn.conv2d(images, first.kernel, strides=1, padding="SAME") + first.bias).numpy()
+    np.testing.assert_allclose(outputs[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_one_image_per_class_takes_the_first_of_each() -> None:
+    labels = np.array([3, 1, 3, 0, 1], dtype=np.uint8)
+    split = data.Split(np.arange(5, dtype=np.float32).reshape(5, 1, 1, 1), labels)
+    images, chosen_labels = model_figures.one_image_per_class(split)
+    assert chosen_labels.tolist() == [0, 1, 3]
+    assert images[:, 0, 0, 0].tolist() == [3.0, 1.0, 0.0]
+
+
+def test_read_history_names_what_is_wrong(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="missing"):
+        model_figures.read_history(tmp_path / "history.csv")
+    (tmp_path / "history.csv").write_text("epoch,loss,accuracy\n1,0.5,0.8\n")
+    with pytest.raises(DataError, match="val_loss"):
+        model_figures.read_history(tmp_path / "history.csv")
+    (tmp_path / "history.csv").write_text(HISTORY_CSV.replace("0.740000", "n/a"))
+    with pytest.raises(DataError, match="not a number"):
+        model_figures.read_history(tmp_path / "history.csv")
+
+
+def test_missing_model_is_a_data_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="dvc repro train"):
+        model_figures.load_trained_model(tmp_path / "model.keras")
+
+
+def test_misclassified_figure_counts_the_mistakes() -> None:
+    labels = np.array([0, 1, 2, 3], dtype=np.uint8)
+    probabilities = np.eye(10, dtype=np.float32)[[0, 2, 2, 5]]  # images 1 and 3 are wrong
+    figure = model_figures.misclassified_figure(np.zeros((4, 28, 28, 1), np.float32), labels, probabilities)
+    assert "2 of 4 (50.0%)" in figure.get_suptitle()
+    titles = [axes.get_title() for axes in figure.axes if axes.get_title()]
+    assert titles == [
+        f"true: {CLASS_NAMES[1]}\npredicted: {CLASS_NAMES[2]} (100%)",
+        f"true: {CLASS_NAMES[3]}\npredicted: {CLASS_NAMES[5]} (100%)",
+    ]
+
+
+def test_confusion_matrix_figure(tmp_path: Path) -> None:
+    matrix = np.diag(np.arange(10, 20))
+    figure = plotting.plot_confusion_matrix(matrix, CLASS_NAMES)
+    axes = figure.axes[0]
+    assert axes.get_xlabel() == "Predicted label" and axes.get_ylabel() == "True label"
+    assert [label.get_text() for label in axes.get_yticklabels()] == list(CLASS_NAMES)
+    assert len(figure.axes) == 2, "a colorbar"
+    assert {text.get_text() for text in axes.texts} >= {"10", "19", "0"}
+    plotting.save_figure(figure, tmp_path / "confusion.png")
+    assert_png(tmp_path / "confusion.png")
+    with pytest.raises(ValueError, match="expected \\(10, 10\\)"):
+        plotting.plot_confusion_matrix(np.zeros((3, 3)), CLASS_NAMES)
+
+
+def test_training_curves_need_the_history_columns() -> None:
+    with pytest.raises(ValueError, match="val_accuracy"):
+        plotting.plot_training_curves([{"epoch": 1, "loss": 1.0, "accuracy": 0.5, "val_loss": 1.0}])
+    with pytest.raises(ValueError, match="empty"):
+        plotting.plot_training_curves([])
+
+
+@pytest.mark.slow
+def test_stage_writes_every_figure_logs_them_to_the_model_run_and_is_byte_stable(
+    model_project: Path, run_stage, tmp_path: Path
+) -> None:
+    result = run_stage("model_figures", cwd=model_project)
+    assert result.returncode == 0, result.stderr[-2000:]
+    output_dir = model_project / "reports" / "figures" / "model"
+    expected = sorted(f"{name}.png" for name in EXPECTED_FIGURES)
+    assert sorted(path.name for path in output_dir.iterdir()) == expected
+    for path in output_dir.iterdir():
+        assert_png(path)
+
+    rerendered = model_figures.render_model_figures(*load_inputs(model_project), tmp_path / "again")
+    for path in rerendered:
+        assert path.read_bytes() == (output_dir / path.name).read_bytes(), f"{path.name} differs between runs"
+
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    run_id = tracking.read_run_id(paths.ProjectPaths(model_project))
+    logged = sorted(Path(item.path).name for item in client.list_artifacts(run_id, "figures/model"))
+    assert logged == expected
+    assert client.get_run(run_id).data.tags["stage.model_figures"] == "done"
+
+
+def test_stage_without_a_model_fails_in_one_line(project: Path, run_stage) -> None:
+    result = run_stage("model_figures", cwd=project)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error:")
+    assert "model.keras: missing" in result.stderr and "Traceback" not in result.stderr
