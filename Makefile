@@ -14,7 +14,7 @@ QUICK_TOLERANCE ?= 0.01
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup dataset repro test reproduce reproduce-quick lint format clean
+.PHONY: help setup dataset repro test test-slow reproduce reproduce-quick lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -38,8 +38,11 @@ dataset: ## Install Debian's dataset-fashion-mnist (a local mirror) when root wi
 repro: setup ## Run the whole pipeline (dvc repro)
 	dvc repro
 
-test: setup ## Run the test suite
-	pytest
+test: setup ## Run the test suite (under 10 minutes on 2 cores; the slow end-to-end tests are in test-slow)
+	pytest -m "not slow"
+
+test-slow: setup ## Run the slow end-to-end tests: real training runs, real dvc repro, the quick reproduction
+	pytest -m slow
 
 reproduce: setup ## Rerun the committed pipeline in a clean copy; fail unless it reproduces reports/metrics.json
 	python -m fashion_cnn.reproduce --profile default --tolerance $(TOLERANCE)

@@ -88,10 +88,6 @@ class ProjectPaths:
     def mlflow_db(self) -> Path:
         return self.root / "mlflow.db"
 
-    @property
-    def mlflow_artifacts(self) -> Path:
-        return self.root / "mlartifacts"
-
 
 def project_paths(start: Path | None = None) -> ProjectPaths:
     """Resolve the project's paths once, from the working directory (DVC runs stages in the root)."""

@@ -28,6 +28,15 @@ def tracking_uri(project: paths.ProjectPaths) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project.mlflow_db}"
 
 
+def artifact_location(uri: str) -> str | None:
+    """mlartifacts/ beside a SQLite store (MLflow's default, ./mlruns, depends on the working
+    directory); None for a tracking server, which has its own artifact root."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri.removeprefix("sqlite:///")).resolve()
+    return (database.parent / "mlartifacts").as_uri()
+
+
 def use_experiment(project: paths.ProjectPaths, experiment_name: str) -> str:
     """Point MLflow at the project's store and experiment, creating it if needed; return its id."""
     uri = tracking_uri(project)
@@ -36,8 +45,7 @@ def use_experiment(project: paths.ProjectPaths, experiment_name: str) -> str:
     if experiment is not None:
         mlflow.set_experiment(experiment_name)
         return experiment.experiment_id
-    # With the local store, artifacts go to mlartifacts/ in the root, wherever the stage runs from.
-    location = None if os.environ.get("MLFLOW_TRACKING_URI") else project.mlflow_artifacts.as_uri()
+    location = artifact_location(uri)
     try:
         experiment_id = mlflow.create_experiment(experiment_name, artifact_location=location)
     except mlflow.exceptions.MlflowException:
