@@ -21,9 +21,8 @@ def write_metrics(path: Path, payload: object) -> Path:
     return path
 
 
-def test_committed_metrics_files_hold_an_accuracy():
-    for profile in reproduce.PROFILES.values():
-        assert 0.0 < reproduce.read_accuracy(ROOT / profile["baseline"]) <= 1.0
+def test_the_quick_profile_has_a_committed_accuracy():
+    assert 0.0 < reproduce.read_accuracy(ROOT / reproduce.PROFILES["quick"]["baseline"]) <= 1.0
 
 
 @pytest.mark.parametrize(

@@ -55,8 +55,11 @@ def tiny_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name, split in splits.items():
         data.save_npz(project / "data" / "prepared" / f"{name}.npz", images=split.images, labels=split.labels)
     data.save_npz(project / "data" / "prepared" / data.STATS_FILE, mean=mean, std=std)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("FASHION_CNN_ROOT", raising=False)
+    # An earlier in-process test may have set MLflow's global URI; this test reads its own store.
+    mlflow.set_tracking_uri(uri)
     return project
 
 
