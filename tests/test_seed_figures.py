@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from fashion_cnn import plotting, seed_figures
+from fashion_cnn import convolution_examples, plotting, seed_figures
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NUMPY_PAD_MODES = {"CONSTANT": "constant", "SYMMETRIC": "symmetric", "REFLECT": "reflect"}
@@ -25,30 +25,38 @@ def assert_png(path: Path, min_side: int = 300, max_side: int = 4000) -> None:
     assert min_side <= min(width, height) and max(width, height) <= max_side, (path.name, width, height)
 
 
-@pytest.mark.parametrize("example", seed_figures.PADDING_EXAMPLES, ids=lambda example: str(example))
+@pytest.mark.parametrize("example", convolution_examples.PADDING_EXAMPLES, ids=lambda example: str(example))
 def test_padding_values_equal_tf_pad_and_numpy(example) -> None:
     matrix, paddings, mode = example
-    padded = seed_figures.pad(matrix, paddings, mode)
+    padded = convolution_examples.pad(matrix, paddings, mode)
     expected = tf.pad(tf.constant(matrix), tf.constant(paddings), mode=mode).numpy()
     np.testing.assert_array_equal(padded, expected)
     # NumPy's modes are an independent implementation of the same rules.
     np.testing.assert_array_equal(padded, np.pad(np.array(matrix), paddings, mode=NUMPY_PAD_MODES[mode]))
-    mask = seed_figures.original_cells((len(matrix), len(matrix[0])), paddings)
+    mask = convolution_examples.original_cells((len(matrix), len(matrix[0])), paddings)
     np.testing.assert_array_equal(padded[mask].reshape(len(matrix), -1), matrix)
 
 
 def test_padding_matches_the_seed_printouts() -> None:
-    square, wide = seed_figures.SQUARE_MATRIX, seed_figures.WIDE_MATRIX
-    assert seed_figures.pad(square, ((1, 2), (1, 3)), "CONSTANT").shape == (6, 7)
-    assert seed_figures.pad(square, ((2, 2), (2, 2)), "SYMMETRIC")[0].tolist() == [5, 4, 4, 5, 6, 6, 5]
-    reflect = seed_figures.pad(wide, ((2, 2), (2, 2)), "REFLECT")
+    square, wide = convolution_examples.SQUARE_MATRIX, convolution_examples.WIDE_MATRIX
+    assert convolution_examples.pad(square, ((1, 2), (1, 3)), "CONSTANT").shape == (6, 7)
+    assert convolution_examples.pad(square, ((2, 2), (2, 2)), "SYMMETRIC")[0].tolist() == [
+        5,
+        4,
+        4,
+        5,
+        6,
+        6,
+        5,
+    ]
+    reflect = convolution_examples.pad(wide, ((2, 2), (2, 2)), "REFLECT")
     assert reflect.shape == (7, 8)
     assert reflect[0].tolist() == [9, 8, 7, 8, 9, 10, 9, 8]
 
 
 def test_stride_example_of_the_seed() -> None:
-    same = seed_figures.stride_layout(13, 6, 5, "same")
-    valid = seed_figures.stride_layout(13, 6, 5, "valid")
+    same = convolution_examples.stride_layout(13, 6, 5, "same")
+    valid = convolution_examples.stride_layout(13, 6, 5, "valid")
     assert (same.output_size, same.pad_before, same.pad_after, same.ignored) == (3, 1, 2, 0)
     assert (valid.output_size, valid.pad_before, valid.pad_after, valid.ignored) == (2, 0, 0, 2)
     assert same.window_starts == (-1, 4, 9)
@@ -60,7 +68,7 @@ def test_stride_example_of_the_seed() -> None:
 def test_stride_layout_output_size_equals_tensorflow(
     size: int, kernel: int, stride: int, padding: str
 ) -> None:
-    layout = seed_figures.stride_layout(size, kernel, stride, padding)
+    layout = convolution_examples.stride_layout(size, kernel, stride, padding)
     signal = tf.ones((1, 1, size, 1))
     window = tf.ones((1, kernel, 1, 1))
     output = tf.nn.conv2d(signal, window, strides=stride, padding=padding.upper())
@@ -73,7 +81,7 @@ def test_stride_layout_output_size_equals_tensorflow(
 
 
 def test_line_filters_are_the_seed_ones() -> None:
-    filters = seed_figures.line_filters(3)
+    filters = convolution_examples.line_filters(3)
     assert filters.shape == (7, 7, 3, 2)
     assert (filters[:, 3, :, 0] == 1).all() and filters[..., 0].sum() == 7 * 3
     assert (filters[3, :, :, 1] == 1).all() and filters[..., 1].sum() == 7 * 3
@@ -96,11 +104,13 @@ def equation_one(images: np.ndarray, weights: np.ndarray) -> np.ndarray:
 def test_feature_maps_equal_equation_one() -> None:
     generator = np.random.default_rng(0)
     images = generator.random((2, 9, 11, 3), dtype=np.float32)
-    line_maps = seed_figures.convolve(images, seed_figures.line_filters(3))
-    np.testing.assert_allclose(line_maps, equation_one(images, seed_figures.line_filters(3)), rtol=1e-5)
+    line_maps = convolution_examples.convolve(images, convolution_examples.line_filters(3))
+    np.testing.assert_allclose(
+        line_maps, equation_one(images, convolution_examples.line_filters(3)), rtol=1e-5
+    )
     random_weights = generator.normal(size=(7, 7, 3, 2)).astype(np.float32)
     np.testing.assert_allclose(
-        seed_figures.convolve(images, random_weights),
+        convolution_examples.convolve(images, random_weights),
         equation_one(images, random_weights),
         rtol=1e-4,
         atol=1e-4,
@@ -108,11 +118,11 @@ def test_feature_maps_equal_equation_one() -> None:
 
 
 def test_sample_images_and_crop() -> None:
-    images = seed_figures.sample_images()
+    images = convolution_examples.sample_images()
     assert images.shape == (2, 427, 640, 3) and images.dtype == np.float32
     assert images.min() >= 0.0 and images.max() <= 1.0
-    np.testing.assert_array_equal(seed_figures.crop(images[0]), images[0, 150:220, 130:250])
-    assert seed_figures.crop(images[0, :, :, 0]).shape == (70, 120)
+    np.testing.assert_array_equal(convolution_examples.crop(images[0]), images[0, 150:220, 130:250])
+    assert convolution_examples.crop(images[0, :, :, 0]).shape == (70, 120)
 
 
 @pytest.mark.parametrize("shape", [(2, 70, 120, 3), (1, 7, 9, 2)])
@@ -123,20 +133,22 @@ def test_pooling_equals_numpy(shape: tuple[int, ...]) -> None:
     blocks = images[:, : height // 2 * 2, : width // 2 * 2].reshape(
         batch, height // 2, 2, width // 2, 2, channels
     )
-    np.testing.assert_array_equal(seed_figures.pool(images, "max"), blocks.max(axis=(2, 4)))
-    np.testing.assert_allclose(seed_figures.pool(images, "average"), blocks.mean(axis=(2, 4)), rtol=1e-6)
+    np.testing.assert_array_equal(convolution_examples.pool(images, "max"), blocks.max(axis=(2, 4)))
+    np.testing.assert_allclose(
+        convolution_examples.pool(images, "average"), blocks.mean(axis=(2, 4)), rtol=1e-6
+    )
 
 
 def test_pool_rejects_unknown_kind() -> None:
     with pytest.raises(ValueError, match="'median'"):
-        seed_figures.pool(np.zeros((1, 2, 2, 1), np.float32), "median")
+        convolution_examples.pool(np.zeros((1, 2, 2, 1), np.float32), "median")
 
 
 def test_max_pooling_translation_invariance() -> None:
-    images = seed_figures.translation_images()
+    images = convolution_examples.translation_images()
     assert images.shape == (3, 6, 10)
     np.testing.assert_array_equal(images[1, :, 1:], images[0, :, :-1])
-    pooled = seed_figures.pool(images[..., np.newaxis], "max")[..., 0]  # (3, 3, 5)
+    pooled = convolution_examples.pool(images[..., np.newaxis], "max")[..., 0]  # (3, 3, 5)
     np.testing.assert_array_equal(pooled[1], pooled[0])
     assert not np.array_equal(pooled[2], pooled[0])
     np.testing.assert_array_equal(pooled[2][:, 1:], pooled[0][:, :-1])

@@ -194,12 +194,7 @@ def render_model_figures(
     model: keras.Model, test: Split, history_rows: list[dict[str, Any]], output_dir: Path
 ) -> list[Path]:
     """Write every model figure as `<name>.png` in `output_dir`; return the paths written."""
-    written = []
-    for name, figure in model_figures(model, test, history_rows):
-        path = output_dir / f"{name}.png"
-        plotting.save_figure(figure, path)
-        written.append(path)
-    return written
+    return plotting.save_figures(model_figures(model, test, history_rows), output_dir)
 
 
 @stage_main

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -192,3 +192,13 @@ def plot_training_curves(history_rows: Sequence[Mapping[str, float | str]]) -> F
         axes.grid(True, alpha=0.3)
         axes.legend()
     return figure
+
+
+def save_figures(named_figures: Iterable[tuple[str, Figure]], output_dir: Path) -> list[Path]:
+    """Save each (name, figure) as `<output_dir>/<name>.png`; return the paths written."""
+    written = []
+    for name, figure in named_figures:
+        path = output_dir / f"{name}.png"
+        save_figure(figure, path)
+        written.append(path)
+    return written

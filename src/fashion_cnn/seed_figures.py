@@ -7,10 +7,8 @@ the `*_figure` functions only draw them. Nothing here depends on the trained mod
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 # Hide TensorFlow's C++ start-up chatter (CUDA probing on CPU machines); users may override.
@@ -18,40 +16,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from sklearn.datasets import load_sample_image  # noqa: E402
 
-from fashion_cnn import paths, plotting, tracking  # noqa: E402
+from fashion_cnn import convolution_examples, paths, plotting, tracking  # noqa: E402
 from fashion_cnn.config import ProjectConfig, hydra_overrides, stage_main  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-SQUARE_MATRIX = ((1, 2, 3), (4, 5, 6), (7, 8, 9))
-WIDE_MATRIX = ((1, 2, 3, 4), (4, 5, 6, 7), (7, 8, 9, 10))
-# (matrix, paddings as [[rows before, rows after], [columns before, columns after]], tf.pad mode)
-PADDING_EXAMPLES = (
-    (SQUARE_MATRIX, ((2, 2), (2, 2)), "CONSTANT"),
-    (SQUARE_MATRIX, ((1, 2), (1, 3)), "CONSTANT"),
-    (SQUARE_MATRIX, ((2, 2), (2, 2)), "SYMMETRIC"),
-    (WIDE_MATRIX, ((2, 2), (2, 2)), "REFLECT"),
-)
-# The seed's stride example: 13 inputs, a window of 6, stride 5.
-STRIDE_EXAMPLE = {"input_size": 13, "kernel": 6, "stride": 5}
-SAMPLE_IMAGES = ("china.jpg", "flower.jpg")
-FILTER_NAMES = ("vertical line", "horizontal line")
 MAP_VALUE_LABEL = "Sum of the 7 pixels x 3 channels under the line"
-# The seed's crop of china.jpg: rows 150:220, columns 130:250 (a roof edge and a tree).
-CROP_ROWS = slice(150, 220)
-CROP_COLUMNS = slice(130, 250)
-# A "T" (bar 1, stem 0.5) whose strokes start and end on even columns: shifted right by one pixel,
-# every value stays in its 2x2 window, so max pooling gives the same output.
-TRANSLATION_PATTERN = np.array(
-    [[1, 1, 1, 1, 1]] + [[0, 0, 0.5, 0, 0]] * 5,
-    dtype=np.float32,
-)  # (6, 5)
-TRANSLATION_SHIFTS = (0, 1, 2)
 
 FIGURE_NAMES = (
     "padding",
@@ -68,94 +41,6 @@ FIGURE_NAMES = (
 )
 
 
-# ---- the arrays ----
-
-
-def pad(matrix: tuple[tuple[int, ...], ...], paddings: tuple[tuple[int, int], ...], mode: str) -> np.ndarray:
-    """tf.pad of an integer matrix, as the seed calls it."""
-    return tf.pad(tf.constant(matrix, dtype=tf.int32), tf.constant(paddings), mode).numpy()
-
-
-def original_cells(shape: tuple[int, int], paddings: tuple[tuple[int, int], ...]) -> np.ndarray:
-    """Boolean mask of the padded matrix: True where the original values sit."""
-    (top, bottom), (left, right) = paddings
-    mask = np.zeros((shape[0] + top + bottom, shape[1] + left + right), dtype=bool)
-    mask[top : top + shape[0], left : left + shape[1]] = True
-    return mask
-
-
-@dataclass(frozen=True)
-class StrideLayout:
-    """Where each output neuron's window falls on a 1-D input, for one padding mode."""
-
-    padding: str
-    input_size: int
-    kernel: int
-    stride: int
-    output_size: int
-    pad_before: int
-    pad_after: int
-    window_starts: tuple[int, ...]  # input index of each window's first cell; negative = in the padding
-    ignored: int  # trailing inputs that no window reaches
-
-
-def stride_layout(input_size: int, kernel: int, stride: int, padding: str) -> StrideLayout:
-    """Output size, zero padding and windows: "same" gives ceil(n / s), "valid" floor((n - f) / s) + 1."""
-    if padding == "same":
-        output_size = math.ceil(input_size / stride)
-        total = max((output_size - 1) * stride + kernel - input_size, 0)
-        # TensorFlow puts the odd zero after the input.
-        before, after = total // 2, total - total // 2
-    elif padding == "valid":
-        output_size = (input_size - kernel) // stride + 1
-        before = after = 0
-    else:
-        raise ValueError(f"padding = {padding!r}: allowed values are 'same' and 'valid'")
-    starts = tuple(index * stride - before for index in range(output_size))
-    ignored = max(input_size - (starts[-1] + kernel), 0)
-    return StrideLayout(padding, input_size, kernel, stride, output_size, before, after, starts, ignored)
-
-
-def sample_images() -> np.ndarray:
-    """scikit-learn's china.jpg and flower.jpg scaled to 0..1: (2, 427, 640, 3) float32."""
-    return np.stack([load_sample_image(name) for name in SAMPLE_IMAGES]).astype(np.float32) / 255
-
-
-def line_filters(channels: int, size: int = 7) -> np.ndarray:
-    """The seed's two filters, (size, size, channels, 2): a vertical and a horizontal line of ones."""
-    filters = np.zeros((size, size, channels, 2), dtype=np.float32)
-    filters[:, size // 2, :, 0] = 1
-    filters[size // 2, :, :, 1] = 1
-    return filters
-
-
-def convolve(images: np.ndarray, filters: np.ndarray) -> np.ndarray:
-    """tf.nn.conv2d with stride 1 and "SAME" (zero) padding: (batch, height, width, filters)."""
-    return tf.nn.conv2d(images, filters, strides=1, padding="SAME").numpy()
-
-
-def crop(image: np.ndarray) -> np.ndarray:
-    """The seed's crop of one (height, width, ...) image: rows 150:220, columns 130:250."""
-    return image[CROP_ROWS, CROP_COLUMNS]
-
-
-def pool(images: np.ndarray, kind: str, size: int = 2) -> np.ndarray:
-    """Max or average pooling of (batch, height, width, channels), window and stride `size`, no padding."""
-    pooling = {"max": tf.nn.max_pool2d, "average": tf.nn.avg_pool2d}
-    if kind not in pooling:
-        raise ValueError(f"pooling kind = {kind!r}: allowed values are 'max' and 'average'")
-    return pooling[kind](images, ksize=size, strides=size, padding="VALID").numpy()
-
-
-def translation_images(shifts: tuple[int, ...] = TRANSLATION_SHIFTS) -> np.ndarray:
-    """The pattern placed at column 2 and shifted right by each of `shifts`: (len(shifts), 6, 10)."""
-    rows, columns = TRANSLATION_PATTERN.shape
-    images = np.zeros((len(shifts), rows, 10), dtype=np.float32)
-    for index, shift in enumerate(shifts):
-        images[index, :, 2 + shift : 2 + shift + columns] = TRANSLATION_PATTERN
-    return images
-
-
 # ---- the figures ----
 
 
@@ -163,11 +48,14 @@ def padding_figure() -> Figure:
     """The four tf.pad examples of the seed as annotated grids, original cells highlighted."""
     figure = plotting.new_figure(11.0, 9.5)
     figure.suptitle("tf.pad: the original matrix (blue) inside its padding")
-    padded_all = [pad(matrix, paddings, mode) for matrix, paddings, mode in PADDING_EXAMPLES]
+    padded_all = [
+        convolution_examples.pad(matrix, paddings, mode)
+        for matrix, paddings, mode in convolution_examples.PADDING_EXAMPLES
+    ]
     frame_shape = tuple(max(padded.shape[axis] for padded in padded_all) for axis in (0, 1))
-    panels = zip(figure.subplots(2, 2).flat, PADDING_EXAMPLES, padded_all, strict=True)
+    panels = zip(figure.subplots(2, 2).flat, convolution_examples.PADDING_EXAMPLES, padded_all, strict=True)
     for axes, (matrix, paddings, mode), padded in panels:
-        mask = original_cells((len(matrix), len(matrix[0])), paddings)
+        mask = convolution_examples.original_cells((len(matrix), len(matrix[0])), paddings)
         pairs = [list(pair) for pair in paddings]
         shapes = f"{len(matrix)}x{len(matrix[0])} -> {padded.shape[0]}x{padded.shape[1]}"
         title = f'"{mode}", paddings {pairs}\n{shapes}'
@@ -175,7 +63,9 @@ def padding_figure() -> Figure:
     return figure
 
 
-def _draw_stride_row(axes: Axes, layout: StrideLayout, x_limits: tuple[float, float]) -> None:
+def _draw_stride_row(
+    axes: Axes, layout: convolution_examples.StrideLayout, x_limits: tuple[float, float]
+) -> None:
     """Input cells (padding grey, ignored red) with one colored bar per output neuron's window above."""
     from matplotlib import patches
 
@@ -206,7 +96,10 @@ def stride_figure(input_size: int, kernel: int, stride: int) -> Figure:
     """The seed's "same" vs "valid" picture: which inputs each output neuron sees, and the size rule."""
     from matplotlib import patches
 
-    layouts = [stride_layout(input_size, kernel, stride, padding) for padding in ("same", "valid")]
+    layouts = [
+        convolution_examples.stride_layout(input_size, kernel, stride, padding)
+        for padding in ("same", "valid")
+    ]
     x_limits = (
         min(-layout.pad_before for layout in layouts) - 0.2,
         max(layout.input_size + layout.pad_after for layout in layouts) + 0.2,
@@ -244,7 +137,9 @@ def line_filters_figure(filters: np.ndarray) -> Figure:
     figure.suptitle("The seed's two 7x7 filters (identical on each RGB channel)")
     for axes, index in zip(figure.subplots(1, 2), range(filters.shape[-1]), strict=True):
         weights = filters[:, :, 0, index].astype(int)
-        plotting.draw_value_grid(axes, weights, weights == 1, title=f"{FILTER_NAMES[index].capitalize()}")
+        plotting.draw_value_grid(
+            axes, weights, weights == 1, title=f"{convolution_examples.FILTER_NAMES[index].capitalize()}"
+        )
     return figure
 
 
@@ -263,7 +158,8 @@ def feature_maps_figure(feature_maps: np.ndarray) -> Figure:
     value_range = (0.0, float(feature_maps.max()))
     grid = figure.subplots(2, 2)
     for (image_index, filter_index), axes in np.ndenumerate(grid):
-        title = f"{SAMPLE_IMAGES[image_index]}, {FILTER_NAMES[filter_index]} filter"
+        image_name = convolution_examples.SAMPLE_IMAGES[image_index]
+        title = f"{image_name}, {convolution_examples.FILTER_NAMES[filter_index]} filter"
         drawn = plotting.show_image(
             axes, feature_maps[image_index, :, :, filter_index], title, value_range=value_range
         )
@@ -309,7 +205,7 @@ def translation_figure(images: np.ndarray, pooled: np.ndarray) -> Figure:
     figure.suptitle("Max pooling (2x2, stride 2) is invariant to small shifts")
     grid = figure.subplots(2, len(images), height_ratios=[1, 1])
     letters = "ABC"
-    for column, shift in enumerate(TRANSLATION_SHIFTS):
+    for column, shift in enumerate(convolution_examples.TRANSLATION_SHIFTS):
         name = letters[column]
         input_title = (
             f"{name}: shifted right by {shift} pixel{'s' * (shift != 1)}" if shift else "A: not shifted"
@@ -334,10 +230,10 @@ def translation_figure(images: np.ndarray, pooled: np.ndarray) -> Figure:
 def seed_figures() -> Iterator[tuple[str, Figure]]:
     """Compute the seed's arrays and yield (file stem, figure) in FIGURE_NAMES order."""
     yield "padding", padding_figure()
-    yield "same_valid_stride", stride_figure(**STRIDE_EXAMPLE)
-    images = sample_images()  # (2, 427, 640, 3)
-    filters = line_filters(images.shape[-1])  # (7, 7, 3, 2)
-    feature_maps = convolve(images, filters)  # (2, 427, 640, 2)
+    yield "same_valid_stride", stride_figure(**convolution_examples.STRIDE_EXAMPLE)
+    images = convolution_examples.sample_images()  # (2, 427, 640, 3)
+    filters = convolution_examples.line_filters(images.shape[-1])  # (7, 7, 3, 2)
+    feature_maps = convolution_examples.convolve(images, filters)  # (2, 427, 640, 2)
     yield "line_filters", line_filters_figure(filters)
     yield (
         "china_horizontal_feature_map",
@@ -345,27 +241,28 @@ def seed_figures() -> Iterator[tuple[str, Figure]]:
     )
     yield "feature_maps", feature_maps_figure(feature_maps)
     where = "rows 150:220, columns 130:250"
-    yield "china_original", crop_figure(crop(images[0, :, :, 0]), f"china.jpg, red channel ({where})")
+    yield (
+        "china_original",
+        crop_figure(convolution_examples.crop(images[0, :, :, 0]), f"china.jpg, red channel ({where})"),
+    )
     for index, name in enumerate(("vertical", "horizontal")):
         title = f"{name.capitalize()}-line feature map ({where})"
-        yield f"china_{name}", crop_figure(crop(feature_maps[0, :, :, index]), title)
-    cropped = np.stack([crop(image) for image in images])  # (2, 70, 120, 3)
+        yield f"china_{name}", crop_figure(convolution_examples.crop(feature_maps[0, :, :, index]), title)
+    cropped = np.stack([convolution_examples.crop(image) for image in images])  # (2, 70, 120, 3)
     for kind in ("max", "average"):
         title = f"{kind.capitalize()} pooling of the china.jpg crop: 2x2 window, stride 2"
-        yield f"china_{kind}_pooling", pooling_figure(cropped[0], pool(cropped, kind)[0], title)
-    shifted = translation_images()  # (3, 6, 10)
-    pooled = pool(shifted[..., np.newaxis], "max")[..., 0]  # (3, 3, 5)
+        yield (
+            f"china_{kind}_pooling",
+            pooling_figure(cropped[0], convolution_examples.pool(cropped, kind)[0], title),
+        )
+    shifted = convolution_examples.translation_images()  # (3, 6, 10)
+    pooled = convolution_examples.pool(shifted[..., np.newaxis], "max")[..., 0]  # (3, 3, 5)
     yield "max_pooling_translation_invariance", translation_figure(shifted, pooled)
 
 
 def render_seed_figures(output_dir: Path) -> list[Path]:
     """Write every seed figure as `<name>.png` in `output_dir`; return the paths written."""
-    written = []
-    for name, figure in seed_figures():
-        path = output_dir / f"{name}.png"
-        plotting.save_figure(figure, path)
-        written.append(path)
-    return written
+    return plotting.save_figures(seed_figures(), output_dir)
 
 
 @stage_main
