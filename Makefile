@@ -10,11 +10,13 @@ DATASET_DIR := /usr/share/datasets/fashion-mnist
 TOLERANCE ?= 0.005
 # The quick profile's 2,000-image test set moves 0.05 points per image: allow a little more.
 QUICK_TOLERANCE ?= 0.01
+# Port of `make ui` (bound to 127.0.0.1 only).
+MLFLOW_PORT ?= 5000
 # Stage commands in dvc.yaml run `python`: make it the project's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup dataset repro test test-slow reproduce reproduce-quick lint format clean
+.PHONY: help setup dataset repro test test-slow reproduce reproduce-quick ui compare lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -49,6 +51,14 @@ reproduce: setup ## Rerun the committed pipeline in a clean copy; fail unless it
 
 reproduce-quick: setup ## The same for the few-minute quick profile (reports/quick/metrics.json)
 	python -m fashion_cnn.reproduce --profile quick --tolerance $(QUICK_TOLERANCE)
+
+ui: setup ## Serve the MLflow UI for the project's own store on http://127.0.0.1:$MLFLOW_PORT (default 5000)
+	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)  (Ctrl-C stops it)"
+	mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
+		--default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+compare: setup ## Table of the latest training runs: params that differ, test accuracy, epoch time
+	python -m fashion_cnn.compare --last 10
 
 lint: setup ## ruff check and format check
 	ruff check . && ruff format --check .

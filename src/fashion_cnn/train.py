@@ -234,7 +234,9 @@ def train(config: ProjectConfig, project: paths.ProjectPaths) -> dict[str, float
         "seconds_per_epoch": round(sum(row["epoch_seconds"] for row in rows) / len(rows), 2),
     }
     write_json_atomic(project.train_metrics_file, metrics)
-    mlflow.log_metrics({key: value for key, value in metrics.items() if key.startswith("train_s")})
+    mlflow.log_metrics(
+        {"train_seconds": metrics["train_seconds"], "seconds_per_epoch": metrics["seconds_per_epoch"]}
+    )
     mlflow.log_text(summary, "model_summary.txt")
     mlflow.log_artifact(str(project.model_dir / "config.yaml"))
     mlflow.log_artifact(str(project.history_file))

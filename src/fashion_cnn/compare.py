@@ -1,0 +1,68 @@
+"""Print the latest training runs side by side: the params that differ, test accuracy, epoch time.
+
+`python -m fashion_cnn.compare [--last N]` (make compare) reads the same MLflow store the stages
+write to ($MLFLOW_TRACKING_URI, else mlflow.db in the repository root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from fashion_cnn import paths, tracking
+from fashion_cnn.config import FashionCnnError, validate
+
+# Always shown, whether or not they differ.
+METRIC_COLUMNS = {
+    "metrics.test_accuracy": "test_accuracy",
+    "metrics.val_accuracy": "val_accuracy",
+    "metrics.seconds_per_epoch": "s/epoch",
+}
+
+
+def latest_runs_table(experiment_name: str, last: int) -> str:
+    """The `last` most recent runs of the experiment as a text table, newest first."""
+    import mlflow
+
+    runs = mlflow.search_runs(
+        experiment_names=[experiment_name], max_results=last, order_by=["attributes.start_time DESC"]
+    )
+    if runs.empty:
+        raise FashionCnnError(
+            f"no runs in MLflow experiment '{experiment_name}' at {mlflow.get_tracking_uri()}"
+        )
+    param_columns = [
+        column
+        for column in runs.columns
+        if column.startswith("params.") and runs[column].astype(str).nunique(dropna=False) > 1
+    ]
+    table = runs[["tags.mlflow.runName", "status", *param_columns]].copy()
+    for column, title in METRIC_COLUMNS.items():
+        if column in runs:
+            table[title] = runs[column].round(4)
+    table.columns = [column.removeprefix("params.").removeprefix("tags.mlflow.") for column in table.columns]
+    return table.to_string(index=False, na_rep="-")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m fashion_cnn.compare`."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--last", type=int, default=10, help="how many recent runs to show (default 10)")
+    arguments = parser.parse_args(argv)
+    if arguments.last <= 0:
+        parser.error(f"--last = {arguments.last}: must be a positive number of runs")
+    try:
+        project = paths.project_paths()
+        config = validate(yaml.safe_load(project.params_file.read_text()))
+        tracking.use_experiment(project, config.tracking.experiment_name)
+        print(latest_runs_table(config.tracking.experiment_name, arguments.last))
+    except FashionCnnError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
