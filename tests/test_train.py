@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -144,3 +145,24 @@ def test_gpu_requested_without_one_is_an_error_not_a_silent_cpu_run(tiny_project
     assert "train.device = 'gpu'" in result.stderr
     assert "no GPU" in result.stderr
     assert not (tiny_project / "data/model/model.keras").exists()
+
+
+def test_sigterm_during_training_ends_the_run_killed_and_writes_no_model(tiny_project: Path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fashion_cnn.train", *TINY_RUN, "train.epochs=200"],
+        cwd=tiny_project, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        for line in process.stdout:
+            if line.startswith("epoch 1/200"):
+                break
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr
+    run_id = json.loads((tiny_project / "data/model/mlflow_run.json").read_text())["run_id"]
+    assert mlflow.MlflowClient().get_run(run_id).info.status == "KILLED"
+    assert not (tiny_project / "data/model/model.keras").exists()
+    assert not list((tiny_project / "data/model").glob(".model.keras.*"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -265,6 +266,15 @@ def check_params_file(path: Path) -> None:
         raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
 
 
+# The shell's convention for a process ended by SIGINT (128 + 2).
+INTERRUPTED_EXIT_CODE = 130
+
+
+def _interrupt(signal_number: int, frame: Any) -> None:
+    """Turn SIGTERM into KeyboardInterrupt, so `kill` unwinds like Ctrl-C (MLflow run ends KILLED)."""
+    raise KeyboardInterrupt
+
+
 def stage_main(task: Callable[[ProjectConfig, paths.ProjectPaths], Any]) -> Callable[[], None]:
     """Wrap `task(config, project_paths)` as a Hydra app over params.yaml with one-line errors."""
 
@@ -290,7 +300,12 @@ def stage_main(task: Callable[[ProjectConfig, paths.ProjectPaths], Any]) -> Call
             except FashionCnnError as error:
                 print(f"error: {error}", file=sys.stderr)
                 sys.exit(1)
+            except KeyboardInterrupt:
+                # Outputs are written atomically, so nothing half-written is left for DVC to take.
+                print("error: interrupted; no output of this stage was completed", file=sys.stderr)
+                sys.exit(INTERRUPTED_EXIT_CODE)
 
+        signal.signal(signal.SIGTERM, _interrupt)
         hydra_app()
 
     return entry
