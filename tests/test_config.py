@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,3 +239,22 @@ def test_unparseable_params_yaml_is_one_line(cli_runs) -> None:
     run = cli_runs["unparseable-params"]
     assert len(run.stderr_lines) == 1, run.result.stderr
     assert run.stderr_lines[0].startswith("error: ") and "params.yaml" in run.stderr_lines[0]
+
+
+def test_unreachable_tracking_server_fails_fast_naming_the_uri(project: Path, monkeypatch) -> None:
+    """No long MLflow retry loop: one line naming MLFLOW_TRACKING_URI, before any work."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # Closed again on exit: nothing listens there.
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "fashion_cnn.download"],
+        cwd=project, capture_output=True, text=True, timeout=120, env=os.environ.copy(),
+    )  # fmt: skip
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors and uri in errors[0] and "unreachable" in errors[0]
+    assert time.monotonic() - started < 60
+    assert not (project / "data").exists()

@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 # MLflow refuses param values over 6000 characters and batches over 100 params.
 MAX_PARAM_LENGTH = 6000
 PARAM_BATCH = 100
+# How long a remote tracking server may take to answer its health check.
+SERVER_TIMEOUT_SECONDS = 5.0
 
 
 def tracking_uri(project: paths.ProjectPaths) -> str:
@@ -37,9 +39,31 @@ def artifact_location(uri: str) -> str | None:
     return (database.parent / "mlartifacts").as_uri()
 
 
+def check_server(uri: str, timeout_seconds: float = SERVER_TIMEOUT_SECONDS) -> None:
+    """Fail fast, naming the URI, when a tracking server does not answer (MLflow retries for minutes)."""
+    import urllib.error
+    import urllib.request
+
+    from fashion_cnn.config import FashionCnnError
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_seconds):
+            return
+    except urllib.error.HTTPError:
+        return  # It answered: a server behind a proxy may not expose /health.
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise FashionCnnError(
+            f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is unreachable ({reason}); start it or "
+            f"unset MLFLOW_TRACKING_URI to use the local mlflow.db"
+        ) from None
+
+
 def use_experiment(project: paths.ProjectPaths, experiment_name: str) -> str:
     """Point MLflow at the project's store and experiment, creating it if needed; return its id."""
     uri = tracking_uri(project)
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(experiment_name)
     if experiment is not None:
