@@ -34,10 +34,6 @@ class ProjectPaths:
         return self.root / "params.yaml"
 
     @property
-    def conf_dir(self) -> Path:
-        return self.root / "conf"
-
-    @property
     def raw_dir(self) -> Path:
         return self.root / "data" / "raw"
 
