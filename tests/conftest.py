@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize
+from PIL import Image
 
 from fashion_cnn import config, download, prepare
 from fashion_cnn.idx import encode_idx
@@ -126,6 +127,23 @@ def dvc_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("FASHION_CNN_ROOT", str(root))
     monkeypatch.chdir(root)
     return root
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def png_check() -> Callable[..., None]:
+    """assert_png(path): a real PNG whose pixel size is one a person can read on a screen."""
+
+    def assert_png(path: Path, min_side: int = 300, max_side: int = 4000) -> None:
+        assert path.read_bytes()[:8] == PNG_SIGNATURE, f"{path.name} is not a PNG"
+        with Image.open(path) as image:
+            width, height = image.size
+            image.load()
+        assert min_side <= min(width, height) and max(width, height) <= max_side, (path.name, width, height)
+
+    return assert_png
 
 
 @pytest.fixture

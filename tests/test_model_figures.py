@@ -10,12 +10,10 @@ import mlflow
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
 from fashion_cnn import CLASS_NAMES, data, model, model_figures, paths, plotting, tracking
 from fashion_cnn.config import DataError
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HISTORY_CSV = (
     "epoch,loss,accuracy,val_loss,val_accuracy,epoch_seconds\n"
     "1,1.200000,0.550000,0.900000,0.660000,3.1\n"
@@ -31,15 +29,6 @@ EXPECTED_FIGURES = (
     "training_curves",
     "misclassified",
 )
-
-
-def assert_png(path: Path, min_side: int = 300, max_side: int = 4000) -> None:
-    """A real PNG whose pixel size is one a person can read on a screen."""
-    assert path.read_bytes()[:8] == PNG_SIGNATURE, f"{path.name} is not a PNG"
-    with Image.open(path) as image:
-        width, height = image.size
-        image.load()
-    assert min_side <= min(width, height) and max(width, height) <= max_side, (path.name, width, height)
 
 
 @pytest.fixture
@@ -123,7 +112,7 @@ def test_misclassified_figure_counts_the_mistakes() -> None:
     ]
 
 
-def test_confusion_matrix_figure(tmp_path: Path) -> None:
+def test_confusion_matrix_figure(tmp_path: Path, png_check) -> None:
     matrix = np.diag(np.arange(10, 20))
     figure = plotting.plot_confusion_matrix(matrix, CLASS_NAMES)
     axes = figure.axes[0]
@@ -132,7 +121,7 @@ def test_confusion_matrix_figure(tmp_path: Path) -> None:
     assert len(figure.axes) == 2, "a colorbar"
     assert {text.get_text() for text in axes.texts} >= {"10", "19", "0"}
     plotting.save_figure(figure, tmp_path / "confusion.png")
-    assert_png(tmp_path / "confusion.png")
+    png_check(tmp_path / "confusion.png")
     with pytest.raises(ValueError, match="expected \\(10, 10\\)"):
         plotting.plot_confusion_matrix(np.zeros((3, 3)), CLASS_NAMES)
 
@@ -146,7 +135,7 @@ def test_training_curves_need_the_history_columns() -> None:
 
 @pytest.mark.slow
 def test_stage_writes_every_figure_logs_them_to_the_model_run_and_is_byte_stable(
-    model_project: Path, run_stage, tmp_path: Path
+    model_project: Path, run_stage, tmp_path: Path, png_check
 ) -> None:
     result = run_stage("model_figures", cwd=model_project)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -154,7 +143,7 @@ def test_stage_writes_every_figure_logs_them_to_the_model_run_and_is_byte_stable
     expected = sorted(f"{name}.png" for name in EXPECTED_FIGURES)
     assert sorted(path.name for path in output_dir.iterdir()) == expected
     for path in output_dir.iterdir():
-        assert_png(path)
+        png_check(path)
 
     rerendered = model_figures.render_model_figures(*load_inputs(model_project), tmp_path / "again")
     for path in rerendered:

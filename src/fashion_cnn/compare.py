@@ -12,7 +12,7 @@ import sys
 import yaml
 
 from fashion_cnn import paths, tracking
-from fashion_cnn.config import FashionCnnError, validate
+from fashion_cnn.config import FashionCnnError, run_cli, validate
 
 # Always shown, whether or not they differ.
 METRIC_COLUMNS = {
@@ -53,15 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     if arguments.last <= 0:
         parser.error(f"--last = {arguments.last}: must be a positive number of runs")
-    try:
+
+    def table() -> str:
         project = paths.project_paths()
         config = validate(yaml.safe_load(project.params_file.read_text()))
         tracking.use_experiment(project, config.tracking.experiment_name)
-        print(latest_runs_table(config.tracking.experiment_name, arguments.last))
-    except FashionCnnError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+        return latest_runs_table(config.tracking.experiment_name, arguments.last)
+
+    return run_cli(table)
 
 
 if __name__ == "__main__":

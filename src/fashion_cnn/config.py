@@ -311,6 +311,16 @@ def stage_main(task: Callable[[ProjectConfig, paths.ProjectPaths], Any]) -> Call
     return entry
 
 
+def run_cli(action: Callable[[], str]) -> int:
+    """Print what `action` returns and give exit code 0; a FashionCnnError is one `error:` line, exit 1."""
+    try:
+        print(action())
+    except FashionCnnError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def hydra_overrides() -> list[str]:
     """The command-line overrides of the current Hydra run (empty outside Hydra)."""
     from hydra.core.hydra_config import HydraConfig

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fashion_cnn import paths
 from fashion_cnn.atomic import write_text_atomic
-from fashion_cnn.config import FashionCnnError
+from fashion_cnn.config import FashionCnnError, run_cli
 
 # Each profile: the Hydra overrides composed into params.yaml, and where its reported metrics live.
 PROFILES = {
@@ -127,13 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     if not 0 <= arguments.tolerance < 1:
         parser.error(f"--tolerance = {arguments.tolerance}: must be in [0, 1)")
-    try:
-        root = paths.find_root()
-        print(reproduce(root, arguments.profile, arguments.tolerance, arguments.record, arguments.keep))
-    except FashionCnnError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(
+        lambda: reproduce(
+            paths.find_root(), arguments.profile, arguments.tolerance, arguments.record, arguments.keep
+        )
+    )
 
 
 if __name__ == "__main__":
