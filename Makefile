@@ -12,11 +12,13 @@ TOLERANCE ?= 0.005
 QUICK_TOLERANCE ?= 0.01
 # Port of `make ui` (bound to 127.0.0.1 only).
 MLFLOW_PORT ?= 5000
+# Extra options of `make bench`, e.g. BENCH_ARGS="--steps 64 --repeats 5" (python -m benchmarks.train_throughput -h).
+BENCH_ARGS ?=
 # Stage commands in dvc.yaml run `python`: make it the project's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup dataset repro test test-slow reproduce reproduce-quick ui compare lint format clean
+.PHONY: help setup dataset repro test test-slow reproduce reproduce-quick bench ui compare lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -51,6 +53,10 @@ reproduce: setup ## Rerun the committed pipeline in a clean copy; fail unless it
 
 reproduce-quick: setup ## The same for the few-minute quick profile (reports/quick/metrics.json)
 	python -m fashion_cnn.reproduce --profile quick --tolerance $(QUICK_TOLERANCE)
+
+bench: setup ## Time training vs the seed's Keras code, the train stage, dvc repro (reports/benchmarks.json, README; ~12 min)
+	python -m benchmarks.train_throughput $(BENCH_ARGS)
+	python -m benchmarks.table --readme README.md
 
 ui: setup ## Serve the MLflow UI for the project's own store on http://127.0.0.1:$MLFLOW_PORT (default 5000)
 	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)  (Ctrl-C stops it)"
