@@ -104,10 +104,12 @@ class DataConfig(Strict):
 class TrainConfig(Strict):
     optimizer: Literal["nadam", "adam", "sgd", "rmsprop"]
     learning_rate: Annotated[float, Field(gt=0)]
+    learning_rate_scaling: Literal["none", "linear"]
     momentum: Annotated[float, Field(ge=0, lt=1)]
     batch_size: PositiveInt
     epochs: PositiveInt
     device: Literal["auto", "cpu", "gpu"]
+    strategy: Literal["auto", "one_device", "mirrored", "multi_worker"]
     mixed_precision: Literal["none", "auto", "mixed_float16", "mixed_bfloat16"]
     jit_compile: Literal["off", "on", "auto"]
     steps_per_execution: PositiveInt

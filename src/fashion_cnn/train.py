@@ -1,4 +1,7 @@
-"""Stage 3: train the CNN described in params.yaml, on a GPU when there is one, tracked in MLflow."""
+"""Stage 3: train the CNN described in params.yaml, on a GPU when there is one, tracked in MLflow.
+
+Under a multi-worker strategy every worker runs this stage; only the chief writes outputs and logs.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import io
 import logging
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +23,7 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from fashion_cnn import memory, paths, tracking  # noqa: E402
+from fashion_cnn import distribute, memory, paths, tracking  # noqa: E402
 from fashion_cnn.atomic import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
 from fashion_cnn.config import (  # noqa: E402
     ConfigError,
@@ -55,13 +59,24 @@ def select_device(requested: str) -> str:
     return "GPU" if gpus and requested != "cpu" else "CPU"
 
 
-def resolve_runtime(train_config: TrainConfig, device: str) -> dict[str, Any]:
-    """Turn the 'auto' settings into concrete ones for this device."""
+def resolve_runtime(
+    train_config: TrainConfig, device: str, strategy: tf.distribute.Strategy | None
+) -> dict[str, Any]:
+    """Turn the 'auto' settings into concrete ones for this device and strategy."""
     precision = train_config.mixed_precision
     if precision == "auto":
         precision = "mixed_float16" if device == "GPU" else "none"
     jit = train_config.jit_compile == "on" or (train_config.jit_compile == "auto" and device == "GPU")
-    return {"device": device, "mixed_precision": precision, "jit_compile": jit}
+    replicas = distribute.replica_count(strategy)
+    return {
+        "device": device,
+        "mixed_precision": precision,
+        "jit_compile": jit,
+        "strategy": type(strategy).__name__ if strategy is not None else "default",
+        "replicas": replicas,
+        "global_batch_size": distribute.global_batch_size(train_config, replicas),
+        "learning_rate": distribute.effective_learning_rate(train_config, replicas),
+    }
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -71,9 +86,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def make_optimizer(train_config: TrainConfig) -> keras.optimizers.Optimizer:
-    """The optimizer named in params, with its learning rate (and momentum for sgd)."""
-    rate = train_config.learning_rate
+def make_optimizer(train_config: TrainConfig, rate: float) -> keras.optimizers.Optimizer:
+    """The optimizer named in params, with learning rate `rate` (and momentum for sgd)."""
     if train_config.optimizer == "sgd":
         return keras.optimizers.SGD(learning_rate=rate, momentum=train_config.momentum)
     optimizers = {
@@ -85,11 +99,12 @@ def make_optimizer(train_config: TrainConfig) -> keras.optimizers.Optimizer:
 
 
 class EpochReport(keras.callbacks.Callback):
-    """One line per epoch, per-epoch MLflow metrics (step = epoch), and a NaN guard."""
+    """One line per epoch, per-epoch MLflow metrics (step = epoch, chief only), and a NaN guard."""
 
-    def __init__(self, total_epochs: int) -> None:
+    def __init__(self, total_epochs: int, log_to_mlflow: bool = True) -> None:
         super().__init__()
         self.total_epochs = total_epochs
+        self.log_to_mlflow = log_to_mlflow
         self.rows: list[dict[str, float]] = []
         self.started = 0.0
 
@@ -113,29 +128,38 @@ class EpochReport(keras.callbacks.Callback):
             f"{row['val_accuracy']:.4f} ({row['epoch_seconds']:.1f} s)",
             flush=True,
         )
-        mlflow.log_metrics({key: value for key, value in row.items() if key != "epoch"}, step=epoch + 1)
+        if self.log_to_mlflow:
+            mlflow.log_metrics({key: value for key, value in row.items() if key != "epoch"}, step=epoch + 1)
 
 
 def fit(
-    config: ProjectConfig, train_split: Split, validation_split: Split, runtime: dict[str, Any]
+    config: ProjectConfig,
+    train_split: Split,
+    validation_split: Split,
+    runtime: dict[str, Any],
+    strategy: tf.distribute.Strategy | None,
+    chief: bool = True,
 ) -> tuple[keras.Model, list[dict[str, float]]]:
     """Build, compile and train the model; return it with the per-epoch history rows."""
     keras.mixed_precision.set_global_policy(
         "float32" if runtime["mixed_precision"] == "none" else runtime["mixed_precision"]
     )
-    model = build_model(config.model)
-    model.compile(
-        loss="sparse_categorical_crossentropy",
-        optimizer=make_optimizer(config.train),
-        metrics=["accuracy"],
-        jit_compile=runtime["jit_compile"],
-        steps_per_execution=config.train.steps_per_execution,
-    )
-    report = EpochReport(config.train.epochs)
+    # Variables created in the strategy's scope are mirrored on every replica.
+    with distribute.strategy_scope(strategy):
+        model = build_model(config.model)
+        model.compile(
+            loss="sparse_categorical_crossentropy",
+            optimizer=make_optimizer(config.train, runtime["learning_rate"]),
+            metrics=["accuracy"],
+            jit_compile=runtime["jit_compile"],
+            steps_per_execution=config.train.steps_per_execution,
+        )
+    report = EpochReport(config.train.epochs, log_to_mlflow=chief)
+    # Keras splits each global batch across the replicas (and shards it across workers).
     model.fit(
         train_split.images,
         train_split.labels,
-        batch_size=config.train.batch_size,
+        batch_size=runtime["global_batch_size"],
         epochs=config.train.epochs,
         validation_data=(validation_split.images, validation_split.labels),
         shuffle=True,
@@ -179,24 +203,13 @@ def log_model(model: keras.Model, example_images: np.ndarray) -> None:
     mlflow.keras.log_model(model, name="model", signature=signature, input_example=example)
 
 
-def train(config: ProjectConfig, project: paths.ProjectPaths) -> dict[str, float]:
-    """Train on data/prepared, write data/model and reports/train, log everything to the active run."""
-    device = select_device(config.train.device)
-    runtime = resolve_runtime(config.train, device)
-    seed_everything(config.seed, config.train.deterministic)
-    if warning := memory.memory_warning(config):
-        log.warning("%s", warning)
-    train_split = load_split(project.prepared_dir, "train")
-    validation_split = load_split(project.prepared_dir, "validation")
-    print(
-        f"training {config.model.name} ({count_parameters(config.model):,} parameters) on {device} "
-        f"[precision {runtime['mixed_precision']}, XLA {'on' if runtime['jit_compile'] else 'off'}, "
-        f"{len(train_split.labels):,} train / {len(validation_split.labels):,} validation images]",
-        flush=True,
-    )
+def log_run_setup(
+    config: ProjectConfig, runtime: dict[str, Any], task: distribute.Task, train_split: Split
+) -> None:
+    """Tags, the resolved runtime (strategy, replicas, global batch, learning rate) and the dataset."""
     mlflow.set_tags(
         {
-            "device": device,
+            "device": runtime["device"],
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
             "model.name": config.model.name,
@@ -208,24 +221,23 @@ def train(config: ProjectConfig, project: paths.ProjectPaths) -> dict[str, float
             "model.parameters": count_parameters(config.model),
             "runtime.mixed_precision": runtime["mixed_precision"],
             "runtime.jit_compile": runtime["jit_compile"],
+            "runtime.strategy": runtime["strategy"],
+            "runtime.workers": task.workers,
+            "runtime.replicas": runtime["replicas"],
+            "runtime.global_batch_size": runtime["global_batch_size"],
+            "runtime.learning_rate": runtime["learning_rate"],
         }
     )
     mlflow.log_input(
         mlflow.data.from_numpy(train_split.images, targets=train_split.labels, name="fashion-mnist-train"),
         context="training",
     )
-    started = time.perf_counter()
-    model, rows = fit(config, train_split, validation_split, runtime)
-    train_seconds = time.perf_counter() - started
 
-    with atomic_path(project.model_file, suffix=".keras") as temp_model:
-        model.save(temp_model)
-    save_resolved(config, project.model_dir / "config.yaml")
-    summary = model_summary(model)
-    write_text_atomic(project.model_dir / "summary.txt", summary)
-    write_history(project.history_file, rows)
+
+def summarize(rows: list[dict[str, float]], train_seconds: float) -> dict[str, float]:
+    """reports/train/metrics.json: the last epoch's losses and accuracies, and the time taken."""
     last = rows[-1]
-    metrics = {
+    return {
         "train_loss": last["loss"],
         "train_accuracy": last["accuracy"],
         "val_loss": last["val_loss"],
@@ -233,6 +245,59 @@ def train(config: ProjectConfig, project: paths.ProjectPaths) -> dict[str, float
         "train_seconds": round(train_seconds, 1),
         "seconds_per_epoch": round(sum(row["epoch_seconds"] for row in rows) / len(rows), 2),
     }
+
+
+def train(
+    config: ProjectConfig, project: paths.ProjectPaths, task: distribute.Task = distribute.SINGLE_PROCESS
+) -> dict[str, float]:
+    """Train on data/prepared; the chief writes data/model and reports/train and logs to the active run."""
+    device = select_device(config.train.device)
+    # First TensorFlow work after choosing devices: multi-worker collectives are set up at start-up.
+    strategy = distribute.make_strategy(config.train.strategy, device)
+    runtime = resolve_runtime(config.train, device, strategy)
+    seed_everything(config.seed, config.train.deterministic)
+    if warning := memory.memory_warning(config):
+        log.warning("%s", warning)
+    train_split = load_split(project.prepared_dir, "train")
+    validation_split = load_split(project.prepared_dir, "validation")
+    print(
+        f"training {config.model.name} ({count_parameters(config.model):,} parameters) on {device} "
+        f"[precision {runtime['mixed_precision']}, XLA {'on' if runtime['jit_compile'] else 'off'}, "
+        f"{len(train_split.labels):,} train / {len(validation_split.labels):,} validation images, "
+        f"{runtime['replicas']} replica(s), global batch {runtime['global_batch_size']}]",
+        flush=True,
+    )
+    if task.is_chief:
+        log_run_setup(config, runtime, task, train_split)
+    started = time.perf_counter()
+    model, rows = fit(config, train_split, validation_split, runtime, strategy, chief=task.is_chief)
+    metrics = summarize(rows, time.perf_counter() - started)
+    if task.is_chief:
+        save_and_log(config, project, model, rows, metrics, validation_split.images, strategy)
+    else:
+        # Every worker takes part in saving (TensorFlow's multi-worker rule); this copy is discarded.
+        with distribute.scratch_model_path(project.model_file.name) as scratch:
+            model.save(scratch)
+    distribute.wait_for_all_workers(strategy)
+    return metrics
+
+
+def save_and_log(
+    config: ProjectConfig,
+    project: paths.ProjectPaths,
+    model: keras.Model,
+    rows: list[dict[str, float]],
+    metrics: dict[str, float],
+    example_images: np.ndarray,
+    strategy: tf.distribute.Strategy | None,
+) -> None:
+    """The chief's outputs: data/model and reports/train, and their copies in the MLflow run."""
+    with atomic_path(project.model_file, suffix=".keras") as temp_model:
+        model.save(temp_model)
+    save_resolved(config, project.model_dir / "config.yaml")
+    summary = model_summary(model)
+    write_text_atomic(project.model_dir / "summary.txt", summary)
+    write_history(project.history_file, rows)
     write_json_atomic(project.train_metrics_file, metrics)
     mlflow.log_metrics(
         {"train_seconds": metrics["train_seconds"], "seconds_per_epoch": metrics["seconds_per_epoch"]}
@@ -240,8 +305,8 @@ def train(config: ProjectConfig, project: paths.ProjectPaths) -> dict[str, float
     mlflow.log_text(summary, "model_summary.txt")
     mlflow.log_artifact(str(project.model_dir / "config.yaml"))
     mlflow.log_artifact(str(project.history_file))
-    log_model(model, validation_split.images)
-    return metrics
+    # A distributed model's predict would wait for the other workers: log a plain copy of it instead.
+    log_model(model if strategy is None else keras.models.load_model(project.model_file), example_images)
 
 
 def run_name(config: ProjectConfig, overrides: list[str]) -> str:
@@ -252,14 +317,21 @@ def run_name(config: ProjectConfig, overrides: list[str]) -> str:
 
 @stage_main
 def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
-    """Entry point of `python -m fashion_cnn.train`."""
+    """Entry point of `python -m fashion_cnn.train` (on every worker under multi_worker)."""
+    # TF_CONFIG is checked before any work; it decides who writes and logs.
+    task = distribute.current_task(config.train.strategy)
+    if not task.is_chief:
+        print(f"worker {task.task_type}:{task.index} of {task.workers}: training; the chief writes and logs")
+        train(config, project, task)
+        return
     overrides = hydra_overrides()
     with tracking.stage_run(
         project, config, "train", run_name(config, overrides), config.tracking.experiment_name, overrides
     ) as run:
         tracking.write_run_info(project, run)
-        train(config, project)
+        train(config, project, task)
 
 
 if __name__ == "__main__":
+    sys.argv.extend(distribute.hydra_overrides_for_worker())
     main()
