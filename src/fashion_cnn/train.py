@@ -19,7 +19,7 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from fashion_cnn import memory, paths, tracking  # noqa: E402
+from fashion_cnn import memory, paths, recipe, tracking  # noqa: E402
 from fashion_cnn.atomic import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
 from fashion_cnn.config import (  # noqa: E402
     ConfigError,
@@ -71,17 +71,21 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def make_optimizer(train_config: TrainConfig) -> keras.optimizers.Optimizer:
-    """The optimizer named in params, with its learning rate (and momentum for sgd)."""
-    rate = train_config.learning_rate
+def make_optimizer(train_config: TrainConfig, steps_per_epoch: int = 1) -> keras.optimizers.Optimizer:
+    """The optimizer named in params, with its learning rate or schedule (and momentum for sgd)."""
+    rate = recipe.learning_rate(train_config, steps_per_epoch)
+    # Decoupled weight decay (AdamW-style in Keras 3); None is the optimizers' own default.
+    weight_decay = train_config.weight_decay or None
     if train_config.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate=rate, momentum=train_config.momentum)
+        return keras.optimizers.SGD(
+            learning_rate=rate, momentum=train_config.momentum, weight_decay=weight_decay
+        )
     optimizers = {
         "nadam": keras.optimizers.Nadam,
         "adam": keras.optimizers.Adam,
         "rmsprop": keras.optimizers.RMSprop,
     }
-    return optimizers[train_config.optimizer](learning_rate=rate)
+    return optimizers[train_config.optimizer](learning_rate=rate, weight_decay=weight_decay)
 
 
 class EpochReport(keras.callbacks.Callback):
@@ -124,21 +128,19 @@ def fit(
         "float32" if runtime["mixed_precision"] == "none" else runtime["mixed_precision"]
     )
     model = build_model(config.model)
+    steps_per_epoch = recipe.steps_per_epoch(len(train_split.labels), config.train.batch_size)
     model.compile(
-        loss="sparse_categorical_crossentropy",
-        optimizer=make_optimizer(config.train),
+        loss=recipe.loss(config.train),
+        optimizer=make_optimizer(config.train, steps_per_epoch),
         metrics=["accuracy"],
         jit_compile=runtime["jit_compile"],
         steps_per_execution=config.train.steps_per_execution,
     )
     report = EpochReport(config.train.epochs)
+    # NumPy arrays as before, or augmented tf.data batches when train.augmentation is on.
     model.fit(
-        train_split.images,
-        train_split.labels,
-        batch_size=config.train.batch_size,
+        **recipe.fit_arguments(config, train_split, validation_split),
         epochs=config.train.epochs,
-        validation_data=(validation_split.images, validation_split.labels),
-        shuffle=True,
         verbose=0,
         callbacks=[report],
     )
