@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from fashion_cnn import augmentation, memory, model, recipe
 from fashion_cnn import config as config_module
@@ -28,7 +30,7 @@ RECIPE_LAYERS = [
     {"type": "batch_norm"},
     {"type": "activation", "activation": "relu"},
     {"type": "separable_conv", "filters": 12, "kernel_size": 3, "depth_multiplier": 2},
-    {"type": "residual", "filters": 16, "strides": 2},
+    {"type": "residual", "filters": 16, "strides": 2, "batch_norm_momentum": 0.5},
     {"type": "residual", "filters": 16},
     {"type": "global_avg_pool"},
     {"type": "batch_norm", "momentum": 0.9},
@@ -57,6 +59,7 @@ def test_recipe_layers_build_with_the_inferred_shapes_and_parameters(tmp_path: P
     # Separable 3x3, 8 -> 12 channels, depth multiplier 2: 3*3*8*2 depthwise + (16 + 1) * 12 pointwise.
     assert shapes[3].parameters == 144 + 204
     projecting, identity = keras_model.layers[4], keras_model.layers[5]
+    assert keras_model.layers[7].momentum == 0.9 and projecting.get_layer("04_residual_bn1").momentum == 0.5
     assert "04_residual_projection" in [layer.name for layer in projecting.layers]
     assert not any("projection" in layer.name for layer in identity.layers)
     assert model.describe(recipe_config) == "conv8x3-bn-relu-sepconv12x3-res16x3s2-res16x3-gap-bn-dense10"
@@ -93,7 +96,7 @@ def test_multiply_adds_of_recipe_layers_reach_the_memory_report():
     [
         ([{"type": "residual", "filters": 0}, {"type": "flatten"}], r"model\.layers\.0\.filters = 0"),
         ([{"type": "residual", "filters": 8, "padding": "valid"}, {"type": "flatten"}],
-         r"unknown key 'model\.layers\.0\.padding' \(allowed here: activation, filters, kernel_size"),
+         r"unknown key 'model\.layers\.0\.padding' \(allowed here: activation, batch_norm_momentum, filters"),
         ([{"type": "batch_norm", "momentum": 1.0}, {"type": "flatten"}],
          r"model\.layers\.0\.momentum = 1\.0.*less than 1"),
         ([{"type": "activation", "activation": "relux"}, {"type": "flatten"}],
@@ -262,6 +265,10 @@ def test_bad_recipe_params_give_one_line_naming_the_key(make_config, override, m
 
 def test_preset_composes_from_conf_and_fits_its_model(make_config):
     preset = make_config(f"experiment={PRESET_EXPERIMENT}")
+    # What `dvc exp run -S experiment=...` writes to params.yaml: conf/config.yaml composed.
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        from_conf = compose("config", overrides=[f"experiment={PRESET_EXPERIMENT}"])
+    assert config_module.validate(OmegaConf.to_container(from_conf, resolve=True)) == preset
     assert preset.model.name == PRESET_MODEL
     assert preset.train.augmentation.enabled and preset.train.schedule.name != "constant"
     assert preset.data.max_train_images is None  # the whole training split

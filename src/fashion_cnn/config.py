@@ -79,7 +79,8 @@ class DropoutLayer(Strict):
 
 class BatchNormLayer(Strict):
     type: Literal["batch_norm"]
-    # Weight of the old value in the moving mean and variance used at inference (Keras default 0.99).
+    # Weight of the old value in the moving mean and variance used at inference (Keras default 0.99;
+    # 0.9, PyTorch's default, suits runs of a few thousand steps).
     momentum: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
 
 
@@ -119,6 +120,8 @@ class ResidualLayer(Strict):
     kernel_size: PositiveInt = 3
     strides: PositiveInt = 1
     activation: Literal[ACTIVATIONS] = "relu"
+    # Momentum of the block's batch norms (see BatchNormLayer).
+    batch_norm_momentum: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
 
 
 Layer = Annotated[

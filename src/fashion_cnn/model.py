@@ -263,14 +263,16 @@ def residual_block(layer: ResidualLayer, input_shape: tuple[int, ...], name: str
 
     inputs = keras.Input(shape=input_shape)  # (batch, height, width, channels)
     path = conv(layer.filters, layer.kernel_size, layer.strides, "conv1")(inputs)
-    path = layers.BatchNormalization(name=f"{name}_bn1")(path)
+    path = layers.BatchNormalization(momentum=layer.batch_norm_momentum, name=f"{name}_bn1")(path)
     path = layers.Activation(layer.activation, name=f"{name}_act1")(path)
     path = conv(layer.filters, layer.kernel_size, 1, "conv2")(path)
-    path = layers.BatchNormalization(name=f"{name}_bn2")(path)
+    path = layers.BatchNormalization(momentum=layer.batch_norm_momentum, name=f"{name}_bn2")(path)
     shortcut = inputs
     if _residual_needs_projection(layer, input_shape[-1]):
         shortcut = conv(layer.filters, 1, layer.strides, "projection")(inputs)
-        shortcut = layers.BatchNormalization(name=f"{name}_projection_bn")(shortcut)
+        shortcut = layers.BatchNormalization(
+            momentum=layer.batch_norm_momentum, name=f"{name}_projection_bn"
+        )(shortcut)
     merged = layers.Add(name=f"{name}_add")([path, shortcut])
     outputs = layers.Activation(layer.activation, name=f"{name}_act2")(merged)
     return keras.Model(inputs, outputs, name=name)
