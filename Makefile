@@ -10,6 +10,8 @@ DATASET_DIR := /usr/share/datasets/fashion-mnist
 TOLERANCE ?= 0.005
 # The quick profile's 2,000-image test set moves 0.05 points per image: allow a little more.
 QUICK_TOLERANCE ?= 0.01
+# The candidates `make recipe-sweep` trains (Hydra multirun overrides on top of experiment=cpu_15min).
+RECIPE_SWEEP ?= model=small_vgg,small_resnet train.epochs=4,6
 # Port of `make ui` (bound to 127.0.0.1 only).
 MLFLOW_PORT ?= 5000
 # Extra options of `make bench`, e.g. BENCH_ARGS="--steps 64 --repeats 5" (python -m benchmarks.train_throughput -h).
@@ -18,7 +20,8 @@ BENCH_ARGS ?=
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup dataset repro test test-slow reproduce reproduce-quick bench ui compare lint format clean
+.PHONY: help setup dataset repro test test-slow reproduce reproduce-quick bench recipe-sweep recipe-report \
+	recipe-finalist reproduce-recipe ui compare lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -57,6 +60,18 @@ reproduce-quick: setup ## The same for the few-minute quick profile (reports/qui
 bench: setup ## Time training vs the seed's Keras code, the train stage, dvc repro (reports/benchmarks.json, README; ~12 min)
 	python -m benchmarks.train_throughput $(BENCH_ARGS)
 	python -m benchmarks.table --readme README.md
+
+recipe-sweep: setup ## The 15-minute CPU recipe's sweep (Hydra multirun of the train stage, validation only; 1-1.5 h)
+	python -m fashion_cnn.train -m experiment=cpu_15min $(RECIPE_SWEEP)
+
+recipe-report: setup ## reports/recipe/sweep.csv and frontier.png from the recipe's MLflow runs
+	python -m fashion_cnn.sweep_report
+
+recipe-finalist: setup ## Train and test the cpu_15min preset once in a clean copy; record reports/recipe/metrics.json
+	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlflow.db python -m fashion_cnn.reproduce --profile cpu_15min --record
+
+reproduce-recipe: setup ## Rerun the cpu_15min preset in a clean copy; fail unless it reproduces reports/recipe/metrics.json
+	python -m fashion_cnn.reproduce --profile cpu_15min --tolerance $(TOLERANCE)
 
 ui: setup ## Serve the MLflow UI for the project's own store on http://127.0.0.1:$MLFLOW_PORT (default 5000)
 	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)  (Ctrl-C stops it)"

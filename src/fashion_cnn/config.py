@@ -77,10 +77,79 @@ class DropoutLayer(Strict):
     rate: Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
+class BatchNormLayer(Strict):
+    type: Literal["batch_norm"]
+    # Weight of the old value in the moving mean and variance used at inference (Keras default 0.99;
+    # 0.9, PyTorch's default, suits runs of a few thousand steps).
+    momentum: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
+
+
+class ActivationLayer(Strict):
+    """A bare activation, for conv (activation linear) -> batch_norm -> activation orderings."""
+
+    type: Literal["activation"]
+    activation: Literal[ACTIVATIONS]
+
+
+class GlobalAvgPoolLayer(Strict):
+    type: Literal["global_avg_pool"]
+
+
+class SeparableConvLayer(Strict):
+    """Depthwise-separable convolution: one kernel per input channel, then a 1x1 conv mixing channels."""
+
+    type: Literal["separable_conv"]
+    filters: PositiveInt
+    kernel_size: PositiveInt
+    strides: PositiveInt = 1
+    padding: Literal["same", "valid"] = "same"
+    activation: Literal[ACTIVATIONS] = "relu"
+    # Depthwise outputs per input channel.
+    depth_multiplier: PositiveInt = 1
+
+
+class ResidualLayer(Strict):
+    """A ResNet basic block: conv-bn-activation-conv-bn plus a shortcut, then the activation.
+
+    The shortcut is the input itself, or a 1x1 conv with batch norm when `strides` or `filters`
+    change the shape. Convolutions use "same" padding and no bias (batch norm's offset replaces it).
+    """
+
+    type: Literal["residual"]
+    filters: PositiveInt
+    kernel_size: PositiveInt = 3
+    strides: PositiveInt = 1
+    activation: Literal[ACTIVATIONS] = "relu"
+    # Momentum of the block's batch norms (see BatchNormLayer).
+    batch_norm_momentum: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
+
+
 Layer = Annotated[
-    ConvLayer | PoolLayer | FlattenLayer | DenseLayer | DropoutLayer, Field(discriminator="type")
+    ConvLayer
+    | PoolLayer
+    | FlattenLayer
+    | DenseLayer
+    | DropoutLayer
+    | BatchNormLayer
+    | ActivationLayer
+    | GlobalAvgPoolLayer
+    | SeparableConvLayer
+    | ResidualLayer,
+    Field(discriminator="type"),
 ]
-LAYER_TYPES = ("conv", "max_pool", "avg_pool", "flatten", "dense", "dropout")
+LAYER_TYPES = (
+    "conv",
+    "max_pool",
+    "avg_pool",
+    "flatten",
+    "dense",
+    "dropout",
+    "batch_norm",
+    "activation",
+    "global_avg_pool",
+    "separable_conv",
+    "residual",
+)
 
 
 class ModelConfig(Strict):
@@ -101,6 +170,32 @@ class DataConfig(Strict):
     max_test_images: PositiveInt | None = None
 
 
+class ScheduleConfig(Strict):
+    """How the learning rate moves over training; train.learning_rate is its peak."""
+
+    name: Literal["constant", "cosine", "one_cycle", "step"]
+    # one_cycle: share of all steps spent warming up linearly to the peak.
+    warmup_fraction: Annotated[float, Field(ge=0, lt=1)]
+    # cosine and one_cycle: the last learning rate, as a fraction of the peak.
+    final_fraction: Annotated[float, Field(ge=0, le=1)]
+    # step: multiply the learning rate by step_factor every step_epochs epochs.
+    step_epochs: PositiveInt
+    step_factor: Annotated[float, Field(gt=0, le=1)]
+
+
+class AugmentationConfig(Strict):
+    """Random changes to training batches only; validation and test images are never augmented."""
+
+    shift_pixels: Annotated[int, Field(ge=0, le=14)]
+    horizontal_flip: bool
+    # Probability that an image gets one random rectangle erased.
+    random_erasing: Annotated[float, Field(ge=0, le=1)]
+
+    @property
+    def enabled(self) -> bool:
+        return self.shift_pixels > 0 or self.horizontal_flip or self.random_erasing > 0
+
+
 class TrainConfig(Strict):
     optimizer: Literal["nadam", "adam", "sgd", "rmsprop"]
     learning_rate: Annotated[float, Field(gt=0)]
@@ -114,6 +209,11 @@ class TrainConfig(Strict):
     jit_compile: Literal["off", "on", "auto"]
     steps_per_execution: PositiveInt
     deterministic: bool
+    # The recipe beyond the seed's (all off by default): see fashion_cnn.schedules and .augmentation.
+    schedule: ScheduleConfig
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)]
+    weight_decay: Annotated[float, Field(ge=0)]
+    augmentation: AugmentationConfig
 
 
 class TrackingConfig(Strict):
@@ -147,13 +247,13 @@ def _allowed_keys(config_class: type[BaseModel], loc: tuple, raw: Any) -> list[s
     """Walk `loc` down the schema from `config_class` and list the keys allowed where it ends."""
     current: Any = config_class
     node = raw
-    for part in loc[:-1]:
+    for index, part in enumerate(loc[:-1]):
         if isinstance(part, int):
             node = node[part] if isinstance(node, list) and part < len(node) else {}
             layer_type = node.get("type") if isinstance(node, dict) else None
             current = LAYER_CLASSES.get(layer_type, current)
             continue
-        if part in LAYER_TYPES:
+        if _is_layer_tag(loc, index):
             continue
         node = node.get(part, {}) if isinstance(node, dict) else {}
         field = current.model_fields.get(part) if isinstance(current, type) else None
@@ -171,13 +271,24 @@ LAYER_CLASSES = {
     "flatten": FlattenLayer,
     "dense": DenseLayer,
     "dropout": DropoutLayer,
+    "batch_norm": BatchNormLayer,
+    "activation": ActivationLayer,
+    "global_avg_pool": GlobalAvgPoolLayer,
+    "separable_conv": SeparableConvLayer,
+    "residual": ResidualLayer,
 }
 
 
 def _dotted(loc: tuple) -> str:
     """('model', 'layers', 3, 'conv', 'filters') -> 'model.layers.3.filters'."""
-    kept = [str(part) for part in loc if part not in LAYER_TYPES]
+    kept = [str(part) for index, part in enumerate(loc) if not _is_layer_tag(loc, index)]
     return ".".join(kept)
+
+
+def _is_layer_tag(loc: tuple, index: int) -> bool:
+    """Whether loc[index] is the layer type pydantic inserts after a list index (not a key such as
+    'activation', which is both a layer type and a key)."""
+    return index > 0 and isinstance(loc[index - 1], int) and loc[index] in LAYER_TYPES
 
 
 def format_validation_error(error: ValidationError, raw: dict) -> str:

@@ -29,7 +29,7 @@ from fashion_cnn.config import (
     hydra_overrides,
     stage_main,
 )
-from fashion_cnn.model import infer_shapes, spatial_output
+from fashion_cnn.model import infer_shapes, layer_multiply_adds, spatial_output
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,9 @@ def layer_costs(model_config: ModelConfig) -> list[LayerCost]:
             description = f"{layer.type.replace('_', ' ')} {layer.pool_size}x{layer.pool_size}"
             cost = LayerCost(name, description, shape.output_shape, 0, 0)
         else:
-            cost = LayerCost(name, layer.type, shape.output_shape, shape.parameters, 0)
+            cost = LayerCost(
+                name, layer.type, shape.output_shape, shape.parameters, layer_multiply_adds(shape)
+            )
         costs.append(cost)
     return costs
 

@@ -81,6 +81,11 @@ class ProjectPaths:
         return self.reports_dir / "figures"
 
     @property
+    def recipe_reports_dir(self) -> Path:
+        """The recipe sweep's table and frontier plot (fashion_cnn.sweep_report)."""
+        return self.reports_dir / "recipe"
+
+    @property
     def mlflow_db(self) -> Path:
         return self.root / "mlflow.db"
 

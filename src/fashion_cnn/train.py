@@ -23,7 +23,7 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from fashion_cnn import distribute, memory, paths, tracking  # noqa: E402
+from fashion_cnn import distribute, memory, paths, recipe, tracking  # noqa: E402
 from fashion_cnn.atomic import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
 from fashion_cnn.config import (  # noqa: E402
     ConfigError,
@@ -86,16 +86,24 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def make_optimizer(train_config: TrainConfig, rate: float) -> keras.optimizers.Optimizer:
-    """The optimizer named in params, with learning rate `rate` (and momentum for sgd)."""
+def make_optimizer(
+    train_config: TrainConfig, peak_rate: float, steps_per_epoch: int = 1
+) -> keras.optimizers.Optimizer:
+    """The optimizer named in params, with its learning rate or a schedule peaking at `peak_rate`
+    (and momentum for sgd)."""
+    rate = recipe.learning_rate(train_config, steps_per_epoch, peak_rate)
+    # Decoupled weight decay (AdamW-style in Keras 3); None is the optimizers' own default.
+    weight_decay = train_config.weight_decay or None
     if train_config.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate=rate, momentum=train_config.momentum)
+        return keras.optimizers.SGD(
+            learning_rate=rate, momentum=train_config.momentum, weight_decay=weight_decay
+        )
     optimizers = {
         "nadam": keras.optimizers.Nadam,
         "adam": keras.optimizers.Adam,
         "rmsprop": keras.optimizers.RMSprop,
     }
-    return optimizers[train_config.optimizer](learning_rate=rate)
+    return optimizers[train_config.optimizer](learning_rate=rate, weight_decay=weight_decay)
 
 
 class EpochReport(keras.callbacks.Callback):
@@ -144,25 +152,24 @@ def fit(
     keras.mixed_precision.set_global_policy(
         "float32" if runtime["mixed_precision"] == "none" else runtime["mixed_precision"]
     )
+    batch_size = runtime["global_batch_size"]
+    steps_per_epoch = recipe.steps_per_epoch(len(train_split.labels), batch_size)
     # Variables created in the strategy's scope are mirrored on every replica.
     with distribute.strategy_scope(strategy):
         model = build_model(config.model)
         model.compile(
-            loss="sparse_categorical_crossentropy",
-            optimizer=make_optimizer(config.train, runtime["learning_rate"]),
+            loss=recipe.loss(config.train),
+            optimizer=make_optimizer(config.train, runtime["learning_rate"], steps_per_epoch),
             metrics=["accuracy"],
             jit_compile=runtime["jit_compile"],
             steps_per_execution=config.train.steps_per_execution,
         )
     report = EpochReport(config.train.epochs, log_to_mlflow=chief)
-    # Keras splits each global batch across the replicas (and shards it across workers).
+    # NumPy arrays as before, or augmented tf.data batches when train.augmentation is on; Keras
+    # splits each global batch across the replicas (and shards it across workers).
     model.fit(
-        train_split.images,
-        train_split.labels,
-        batch_size=runtime["global_batch_size"],
+        **recipe.fit_arguments(config, train_split, validation_split, batch_size),
         epochs=config.train.epochs,
-        validation_data=(validation_split.images, validation_split.labels),
-        shuffle=True,
         verbose=0,
         callbacks=[report],
     )

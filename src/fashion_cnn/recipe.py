@@ -1,0 +1,105 @@
+"""The training recipe beyond the seed's: learning-rate schedules, label smoothing and what fit() is fed.
+
+All of it is off by default (constant learning rate, no smoothing, no augmentation), and then the
+train stage trains exactly as before: model.fit on the NumPy arrays with Keras's own shuffling.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+import numpy as np
+
+from fashion_cnn import augmentation
+from fashion_cnn.config import ProjectConfig, TrainConfig
+from fashion_cnn.data import Split
+from fashion_cnn.idx import NUM_CLASSES
+
+# one_cycle starts at the peak divided by this (PyTorch's OneCycleLR div_factor).
+ONE_CYCLE_START_DIVISOR = 25.0
+
+
+def steps_per_epoch(train_images: int, batch_size: int) -> int:
+    """Gradient steps in one pass over the training split (the last batch may be smaller)."""
+    return math.ceil(train_images / batch_size)
+
+
+def learning_rate(
+    train_config: TrainConfig, steps_in_epoch: int, peak: float | None = None
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The optimizer's learning rate: `peak` (default train.learning_rate), or a schedule that peaks at it."""
+    peak = train_config.learning_rate if peak is None else peak
+    schedule = train_config.schedule
+    total_steps = steps_in_epoch * train_config.epochs
+    if schedule.name == "cosine":
+        return keras.optimizers.schedules.CosineDecay(peak, total_steps, alpha=schedule.final_fraction)
+    if schedule.name == "one_cycle":
+        # Linear warm-up from peak / 25 to the peak, then cosine annealing down to the final rate.
+        warmup_steps = round(total_steps * schedule.warmup_fraction)
+        return keras.optimizers.schedules.CosineDecay(
+            peak / ONE_CYCLE_START_DIVISOR,
+            max(total_steps - warmup_steps, 1),
+            alpha=schedule.final_fraction,
+            warmup_target=peak,
+            warmup_steps=warmup_steps,
+        )
+    if schedule.name == "step":
+        step_count = math.ceil(train_config.epochs / schedule.step_epochs) - 1
+        if step_count > 0:
+            boundaries = [steps_in_epoch * schedule.step_epochs * (index + 1) for index in range(step_count)]
+            values = [peak * schedule.step_factor**index for index in range(step_count + 1)]
+            return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    return peak
+
+
+def loss(train_config: TrainConfig) -> str | keras.losses.Loss:
+    """Cross-entropy on integer labels; with label smoothing, on one-hot labels (Keras 3's sparse loss
+    has no label_smoothing)."""
+    if train_config.label_smoothing == 0:
+        return "sparse_categorical_crossentropy"
+    return keras.losses.CategoricalCrossentropy(label_smoothing=train_config.label_smoothing)
+
+
+def encode_labels(labels: np.ndarray, train_config: TrainConfig) -> np.ndarray:
+    """The labels as the loss expects them: as they are (count,), or one-hot (count, 10) float32."""
+    if train_config.label_smoothing == 0:
+        return labels
+    return np.eye(NUM_CLASSES, dtype=np.float32)[labels]
+
+
+def fit_arguments(
+    config: ProjectConfig, train_split: Split, validation_split: Split, batch_size: int | None = None
+) -> dict[str, Any]:
+    """Keyword arguments of model.fit for the data: NumPy arrays, or augmented tf.data batches.
+
+    `batch_size` is the global batch (default train.batch_size; more under a distribution strategy).
+    Validation data are always the plain arrays: they are never augmented.
+    """
+    train_config = config.train
+    batch_size = batch_size or train_config.batch_size
+    train_labels = encode_labels(train_split.labels, train_config)
+    validation_data = (validation_split.images, encode_labels(validation_split.labels, train_config))
+    if not train_config.augmentation.enabled:
+        return {
+            "x": train_split.images,
+            "y": train_labels,
+            "batch_size": batch_size,
+            "validation_data": validation_data,
+            "shuffle": True,
+        }
+    dataset = augmentation.training_dataset(
+        train_split.images,
+        train_labels,
+        batch_size,
+        train_config.epochs,
+        train_config.augmentation,
+        config.seed,
+    )
+    return {
+        "x": dataset,
+        "steps_per_epoch": steps_per_epoch(len(train_split.labels), batch_size),
+        "validation_data": validation_data,
+        "validation_batch_size": batch_size,
+    }
