@@ -175,12 +175,13 @@ def compose_config(root: Path, overrides: list[str]) -> Any:
 def run_project(arguments: argparse.Namespace) -> dict[str, Any]:
     """The train stage's own steps before and during fit, without MLflow and saving."""
     # Imported here, not at the top: the seed's process must not load this project's modules.
-    from fashion_cnn import data, memory, model, train
+    from fashion_cnn import data, distribute, memory, model, train
 
     imported = time.time()
     project_config = compose_config(Path(arguments.root), arguments.override)
     device = train.select_device(project_config.train.device)
-    runtime = train.resolve_runtime(project_config.train, device)
+    strategy = distribute.make_strategy(project_config.train.strategy, device)
+    runtime = train.resolve_runtime(project_config.train, device, strategy)
     train.seed_everything(project_config.seed, project_config.train.deterministic)
     memory.memory_warning(project_config)
     train_split = data.load_split(Path(arguments.prepared), "train")
@@ -191,7 +192,7 @@ def run_project(arguments: argparse.Namespace) -> dict[str, Any]:
     # fit() builds its callback from the module's EpochReport: swap in the clocked subclass.
     train.EpochReport = clocked(train.EpochReport, times, "raise")
     with contextlib.suppress(BenchmarkDone):
-        train.fit(project_config, train_split, validation_split, runtime)
+        train.fit(project_config, train_split, validation_split, runtime, strategy)
     result = times.summary(project_config.train.batch_size)
     result.update(
         {
