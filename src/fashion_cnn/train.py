@@ -113,7 +113,9 @@ class EpochReport(keras.callbacks.Callback):
             f"{row['val_accuracy']:.4f} ({row['epoch_seconds']:.1f} s)",
             flush=True,
         )
-        mlflow.log_metrics({key: value for key, value in row.items() if key != "epoch"}, step=epoch + 1)
+        tracking.log_safely(
+            mlflow.log_metrics, {key: value for key, value in row.items() if key != "epoch"}, step=epoch + 1
+        )
 
 
 def fit(
@@ -176,7 +178,13 @@ def log_model(model: keras.Model, example_images: np.ndarray) -> None:
     """Log the Keras model to the active MLflow run with a signature and an input example."""
     example = example_images[:2]  # (2, 28, 28, 1)
     signature = mlflow.models.infer_signature(example, model.predict(example, verbose=0))
-    mlflow.keras.log_model(model, name="model", signature=signature, input_example=example)
+    # Pinned as MLflow would infer them, without its inference (a subprocess that reloads the model
+    # and TensorFlow: about 25 s per run on 2 cores).
+    requirements = [f"mlflow=={mlflow.__version__}", f"keras=={keras.__version__}"]
+    requirements += [f"numpy=={np.__version__}", f"tensorflow=={tf.__version__}"]
+    mlflow.keras.log_model(
+        model, name="model", signature=signature, input_example=example, pip_requirements=requirements
+    )
 
 
 def train(config: ProjectConfig, project: paths.ProjectPaths) -> dict[str, float]:
@@ -194,23 +202,26 @@ def train(config: ProjectConfig, project: paths.ProjectPaths) -> dict[str, float
         f"{len(train_split.labels):,} train / {len(validation_split.labels):,} validation images]",
         flush=True,
     )
-    mlflow.set_tags(
+    tracking.log_safely(
+        mlflow.set_tags,
         {
             "device": device,
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
             "model.name": config.model.name,
-        }
+        },
     )
-    mlflow.log_params(
+    tracking.log_safely(
+        mlflow.log_params,
         {
             "model.summary": describe(config.model),
             "model.parameters": count_parameters(config.model),
             "runtime.mixed_precision": runtime["mixed_precision"],
             "runtime.jit_compile": runtime["jit_compile"],
-        }
+        },
     )
-    mlflow.log_input(
+    tracking.log_safely(
+        mlflow.log_input,
         mlflow.data.from_numpy(train_split.images, targets=train_split.labels, name="fashion-mnist-train"),
         context="training",
     )
@@ -234,13 +245,14 @@ def train(config: ProjectConfig, project: paths.ProjectPaths) -> dict[str, float
         "seconds_per_epoch": round(sum(row["epoch_seconds"] for row in rows) / len(rows), 2),
     }
     write_json_atomic(project.train_metrics_file, metrics)
-    mlflow.log_metrics(
-        {"train_seconds": metrics["train_seconds"], "seconds_per_epoch": metrics["seconds_per_epoch"]}
+    tracking.log_safely(
+        mlflow.log_metrics,
+        {"train_seconds": metrics["train_seconds"], "seconds_per_epoch": metrics["seconds_per_epoch"]},
     )
-    mlflow.log_text(summary, "model_summary.txt")
-    mlflow.log_artifact(str(project.model_dir / "config.yaml"))
-    mlflow.log_artifact(str(project.history_file))
-    log_model(model, validation_split.images)
+    tracking.log_safely(mlflow.log_text, summary, "model_summary.txt")
+    tracking.log_safely(mlflow.log_artifact, str(project.model_dir / "config.yaml"))
+    tracking.log_safely(mlflow.log_artifact, str(project.history_file))
+    tracking.log_safely(log_model, model, validation_split.images)
     return metrics
 
 
