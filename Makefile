@@ -16,12 +16,14 @@ RECIPE_SWEEP ?= model=small_vgg,small_resnet train.epochs=4,6
 MLFLOW_PORT ?= 5000
 # Extra options of `make bench`, e.g. BENCH_ARGS="--steps 64 --repeats 5" (python -m benchmarks.train_throughput -h).
 BENCH_ARGS ?=
+# Port of `make serve`, the trained model's HTTP endpoint (bound to 127.0.0.1 only).
+SERVE_PORT ?= 5001
 # Stage commands in dvc.yaml run `python`: make it the project's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup dataset repro test test-slow reproduce reproduce-quick bench recipe-sweep recipe-report \
-	recipe-finalist reproduce-recipe ui compare lint format clean
+.PHONY: help setup dataset browser repro test test-slow reproduce reproduce-quick bench recipe-sweep \
+	recipe-report recipe-finalist reproduce-recipe ui compare serve lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -32,7 +34,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(VENV)/bin/python -m pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP) dataset ## Create .venv and install the pinned dependencies (and the offline dataset where possible)
+setup: $(STAMP) dataset browser ## Create .venv and install the pinned dependencies (and the offline dataset and browser where possible)
 
 dataset: ## Install Debian's dataset-fashion-mnist (a local mirror) when root with apt; skipped elsewhere
 	@if [ -d $(DATASET_DIR) ]; then echo "local Fashion-MNIST mirror: $(DATASET_DIR)"; \
@@ -41,6 +43,13 @@ dataset: ## Install Debian's dataset-fashion-mnist (a local mirror) when root wi
 		 (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) >/dev/null \
 		&& echo "installed $(DATASET_DIR)" || echo "dataset-fashion-mnist not installed: the download stage will use HTTP mirrors"; \
 	else echo "no root or apt: the download stage will use HTTP mirrors"; fi
+
+browser: ## Install Debian's chromium (the MLflow UI test's headless browser) when root with apt; skipped elsewhere
+	@if command -v chromium >/dev/null; then echo "headless browser: $$(command -v chromium)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get install -y -qq chromium || (apt-get update -qq && apt-get install -y -qq chromium)) >/dev/null \
+		&& echo "installed chromium" || echo "chromium not installed: the MLflow UI browser test will be skipped"; \
+	else echo "no root or apt: the MLflow UI browser test will be skipped unless chromium is installed"; fi
 
 repro: setup ## Run the whole pipeline (dvc repro)
 	dvc repro
@@ -75,11 +84,16 @@ reproduce-recipe: setup ## Rerun the cpu_15min preset in a clean copy; fail unle
 
 ui: setup ## Serve the MLflow UI for the project's own store on http://127.0.0.1:$MLFLOW_PORT (default 5000)
 	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)  (Ctrl-C stops it)"
+	@# The server's job runner (GenAI features) costs 8 processes and about 1 GB; tracking needs none.
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} \
 	mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 compare: setup ## Table of the latest training runs: params that differ, test accuracy, epoch time
 	python -m fashion_cnn.compare --last 10
+
+serve: setup ## Serve the latest trained model (mlflow models serve) on http://127.0.0.1:$SERVE_PORT/invocations (default 5001)
+	python -m fashion_cnn.serve --port $(SERVE_PORT)
 
 lint: setup ## ruff check and format check
 	ruff check . && ruff format --check .

@@ -1,17 +1,22 @@
-"""Shared fixtures: temp project copies, synthetic Fashion-MNIST files, a real HTTP server, configs."""
+"""Shared fixtures: temp project copies, synthetic Fashion-MNIST files, real HTTP and MLflow servers."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import hashlib
 import http.server
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -353,3 +358,108 @@ def http_mirror() -> Iterator[HttpMirror]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+# ---- a real MLflow server ----
+
+# How long `mlflow server` may take to answer /health; it imports MLflow's whole server stack.
+MLFLOW_SERVER_START_SECONDS = 120
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class MlflowServer:
+    """A running `mlflow server` on 127.0.0.1: SQLite store and proxied artifact root in `directory`."""
+
+    url: str
+    process: subprocess.Popen
+    directory: Path
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / "server.log"
+
+    def log_tail(self, characters: int = 4000) -> str:
+        """The end of the server's stdout and stderr, for failure messages."""
+        return self.log_file.read_text(errors="replace")[-characters:] if self.log_file.exists() else ""
+
+    def stop(self, signal_number: int = signal.SIGTERM) -> None:
+        """Stop the server and its workers (its own process group): the signal, then SIGKILL after 5 s."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal_number)
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        # Workers may outlive the master by a moment; none may keep the port.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def _wait_for_health(server: MlflowServer, timeout_seconds: float) -> None:
+    """Poll /health until it answers 200; fail with the server's log if it exits or takes too long."""
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            pytest.fail(f"mlflow server exited with {server.process.returncode}:\n{server.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"{server.url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    pytest.fail(
+        f"mlflow server did not answer {server.url}/health in {timeout_seconds} s:\n{server.log_tail()}"
+    )
+
+
+@contextlib.contextmanager
+def running_mlflow_server(directory: Path) -> Iterator[MlflowServer]:
+    """Start the real `mlflow server` CLI on a free local port, its store in `directory`; stop it after."""
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    command = [
+        str(VENV_BIN / "mlflow"), "server",
+        "--backend-store-uri", f"sqlite:///{directory / 'mlflow.db'}",
+        # Artifacts go through the server (mlflow-artifacts:/), as a team server's would.
+        "--serve-artifacts", "--artifacts-destination", str(directory / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    environment["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    # The job runner serves GenAI features through 8 more processes; tracking and the UI need none.
+    environment["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    with open(directory / "server.log", "wb") as log:
+        process = subprocess.Popen(
+            command, cwd=directory, stdout=log, stderr=subprocess.STDOUT, env=environment,
+            start_new_session=True,
+        )  # fmt: skip
+    server = MlflowServer(f"http://127.0.0.1:{port}", process, directory)
+    try:
+        _wait_for_health(server, MLFLOW_SERVER_START_SECONDS)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server_factory() -> Callable[[Path], contextlib.AbstractContextManager[MlflowServer]]:
+    """running_mlflow_server(directory): a server of the test's own, e.g. one the test stops."""
+    return running_mlflow_server
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """One real `mlflow server` per test module (starting one takes seconds), with a temp store."""
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as server:
+        yield server

@@ -359,11 +359,15 @@ def _register_stage_config(root: Path) -> None:
 
     Composing from params.yaml (not conf/config.yaml) is what keeps `dvc repro` honest: the
     values DVC tracks are the values the stage runs with. The null group defaults let
-    `model=small_cnn` or `experiment=quick` swap in a preset from conf/ for ad-hoc runs.
+    `model=small_cnn` or `experiment=quick` swap in a preset from conf/ for ad-hoc runs. The
+    callback groups the MLflow runs of a `-m` sweep under one parent run.
     """
     node = {
         "defaults": ["_self_", "params", {"model": None}, {"experiment": None}],
-        "hydra": {"searchpath": [f"file://{root}", f"file://{root / 'conf'}"]},
+        "hydra": {
+            "searchpath": [f"file://{root}", f"file://{root / 'conf'}"],
+            "callbacks": {"mlflow_sweep": {"_target_": "fashion_cnn.sweep.ParentRunCallback"}},
+        },
     }
     ConfigStore.instance().store(name=STAGE_CONFIG_NAME, node=node)
 

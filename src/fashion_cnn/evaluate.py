@@ -117,7 +117,8 @@ def evaluate(project: paths.ProjectPaths) -> dict:
     figure = plotting.plot_confusion_matrix(test["confusion"], CLASS_NAMES)
     plotting.save_figure(figure, project.figures_dir / "confusion_matrix.png")
 
-    mlflow.log_metrics(
+    tracking.log_safely(
+        mlflow.log_metrics,
         {
             "test_loss": test["loss"],
             "test_accuracy": test["accuracy"],
@@ -126,9 +127,10 @@ def evaluate(project: paths.ProjectPaths) -> dict:
                 f"test_f1.{row['class'].replace('/', '_').replace(' ', '_')}": row["f1"]
                 for row in test["per_class"]
             },
-        }
+        },
     )
-    mlflow.log_input(
+    tracking.log_safely(
+        mlflow.log_input,
         mlflow.data.from_numpy(test_split.images, targets=test_split.labels, name="fashion-mnist-test"),
         context="testing",
     )
@@ -137,10 +139,10 @@ def evaluate(project: paths.ProjectPaths) -> dict:
         project.figures_dir / "confusion_matrix.png",
         project.metrics_file,
     ):
-        mlflow.log_artifact(str(path), artifact_path="evaluate")
+        tracking.log_safely(mlflow.log_artifact, str(path), artifact_path="evaluate")
     dvc_lock = project.root / "dvc.lock"
     if dvc_lock.is_file():
-        mlflow.log_artifact(str(dvc_lock))
+        tracking.log_safely(mlflow.log_artifact, str(dvc_lock))
     return report
 
 

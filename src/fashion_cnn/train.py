@@ -137,7 +137,8 @@ class EpochReport(keras.callbacks.Callback):
             flush=True,
         )
         if self.log_to_mlflow:
-            mlflow.log_metrics({key: value for key, value in row.items() if key != "epoch"}, step=epoch + 1)
+            epoch_metrics = {key: value for key, value in row.items() if key != "epoch"}
+            tracking.log_safely(mlflow.log_metrics, epoch_metrics, step=epoch + 1)
 
 
 def fit(
@@ -207,22 +208,30 @@ def log_model(model: keras.Model, example_images: np.ndarray) -> None:
     """Log the Keras model to the active MLflow run with a signature and an input example."""
     example = example_images[:2]  # (2, 28, 28, 1)
     signature = mlflow.models.infer_signature(example, model.predict(example, verbose=0))
-    mlflow.keras.log_model(model, name="model", signature=signature, input_example=example)
+    # Pinned as MLflow would infer them, without its inference (a subprocess that reloads the model
+    # and TensorFlow: about 25 s per run on 2 cores).
+    requirements = [f"mlflow=={mlflow.__version__}", f"keras=={keras.__version__}"]
+    requirements += [f"numpy=={np.__version__}", f"tensorflow=={tf.__version__}"]
+    mlflow.keras.log_model(
+        model, name="model", signature=signature, input_example=example, pip_requirements=requirements
+    )
 
 
 def log_run_setup(
     config: ProjectConfig, runtime: dict[str, Any], task: distribute.Task, train_split: Split
 ) -> None:
     """Tags, the resolved runtime (strategy, replicas, global batch, learning rate) and the dataset."""
-    mlflow.set_tags(
+    tracking.log_safely(
+        mlflow.set_tags,
         {
             "device": runtime["device"],
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
             "model.name": config.model.name,
-        }
+        },
     )
-    mlflow.log_params(
+    tracking.log_safely(
+        mlflow.log_params,
         {
             "model.summary": describe(config.model),
             "model.parameters": count_parameters(config.model),
@@ -233,9 +242,10 @@ def log_run_setup(
             "runtime.replicas": runtime["replicas"],
             "runtime.global_batch_size": runtime["global_batch_size"],
             "runtime.learning_rate": runtime["learning_rate"],
-        }
+        },
     )
-    mlflow.log_input(
+    tracking.log_safely(
+        mlflow.log_input,
         mlflow.data.from_numpy(train_split.images, targets=train_split.labels, name="fashion-mnist-train"),
         context="training",
     )
@@ -306,14 +316,16 @@ def save_and_log(
     write_text_atomic(project.model_dir / "summary.txt", summary)
     write_history(project.history_file, rows)
     write_json_atomic(project.train_metrics_file, metrics)
-    mlflow.log_metrics(
-        {"train_seconds": metrics["train_seconds"], "seconds_per_epoch": metrics["seconds_per_epoch"]}
+    tracking.log_safely(
+        mlflow.log_metrics,
+        {"train_seconds": metrics["train_seconds"], "seconds_per_epoch": metrics["seconds_per_epoch"]},
     )
-    mlflow.log_text(summary, "model_summary.txt")
-    mlflow.log_artifact(str(project.model_dir / "config.yaml"))
-    mlflow.log_artifact(str(project.history_file))
+    tracking.log_safely(mlflow.log_text, summary, "model_summary.txt")
+    tracking.log_safely(mlflow.log_artifact, str(project.model_dir / "config.yaml"))
+    tracking.log_safely(mlflow.log_artifact, str(project.history_file))
     # A distributed model's predict would wait for the other workers: log a plain copy of it instead.
-    log_model(model if strategy is None else keras.models.load_model(project.model_file), example_images)
+    loggable = model if strategy is None else keras.models.load_model(project.model_file)
+    tracking.log_safely(log_model, loggable, example_images)
 
 
 def run_name(config: ProjectConfig, overrides: list[str]) -> str:

@@ -1,0 +1,70 @@
+"""Serve the latest trained model over HTTP: `python -m fashion_cnn.serve [--port N]` (make serve).
+
+Runs `mlflow models serve --env-manager local` on 127.0.0.1 for the model that the train stage
+logged to MLflow (its run is recorded in data/model/mlflow_run.json), in this environment.
+POST standardized images, shape (count, 28, 28, 1), as {"inputs": [...]} to /invocations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from fashion_cnn import paths, tracking
+from fashion_cnn.config import DataError, FashionCnnError
+
+PORT_ENV_VAR = "SERVE_PORT"
+# 5000 is `make ui`'s default port.
+DEFAULT_PORT = 5001
+
+
+def serve_command(project: paths.ProjectPaths, host: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """The `mlflow models serve` command for the recorded run's model, and its environment."""
+    try:
+        run_info = json.loads(project.run_info_file.read_text())
+        run_id, uri = run_info["run_id"], run_info["tracking_uri"]
+    except FileNotFoundError:
+        raise DataError(f"{project.run_info_file}: missing (train a model with `make repro` first)") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{project.run_info_file}: not a run record ({error})") from None
+    if tracking.is_remote(uri):
+        tracking.check_server(uri)
+    command = [
+        sys.executable, "-m", "mlflow", "models", "serve",
+        "--model-uri", f"runs:/{run_id}/model",
+        "--env-manager", "local",
+        "--host", host, "--port", str(port),
+    ]  # fmt: skip
+    # The model lives in the store the run was logged to, wherever MLFLOW_TRACKING_URI points now.
+    return command, os.environ | {"MLFLOW_TRACKING_URI": uri}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: replace this process with the model server (exit 1 with one line when it cannot)."""
+    parser = argparse.ArgumentParser(prog="python -m fashion_cnn.serve", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--port",
+        type=int,
+        # A string default goes through `type` too, so a bad $SERVE_PORT is a one-line usage error.
+        default=os.environ.get(PORT_ENV_VAR) or str(DEFAULT_PORT),
+        help=f"port on 127.0.0.1 (default ${PORT_ENV_VAR}, else {DEFAULT_PORT})",
+    )
+    arguments = parser.parse_args(argv)
+    try:
+        command, environment = serve_command(paths.project_paths(), "127.0.0.1", arguments.port)
+    except (FashionCnnError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"serving {command[command.index('--model-uri') + 1]} on http://127.0.0.1:{arguments.port}/invocations"
+    )
+    sys.stdout.flush()
+    os.execve(command[0], command, environment)
+    return 0  # Not reached: execve replaces the process.
+
+
+if __name__ == "__main__":
+    sys.exit(main())

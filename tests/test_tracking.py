@@ -1,0 +1,101 @@
+"""MLflow wiring: logging that survives a failing store, and Hydra sweeps grouped under a parent run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import mlflow
+import pytest
+from conftest import free_port
+
+from fashion_cnn import tracking
+
+# ---- logging calls that fail ----
+
+
+def test_a_failed_call_on_a_local_store_is_recorded_and_the_next_call_still_made(tmp_path: Path) -> None:
+    failures = tracking.LoggingFailures(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    missing = tmp_path / "no-such-report.csv"
+
+    def log_artifact(path: str) -> None:
+        Path(path).read_bytes()  # What mlflow.log_artifact does first: FileNotFoundError.
+
+    assert failures.call(log_artifact, str(missing)) is None
+    assert failures.call(lambda value: value * 2, 21) == 42
+    assert not failures.server_gone
+    summary = failures.summary()
+    assert summary.startswith("warning: 1 MLflow logging call(s)") and "\n" not in summary
+    assert "(log_artifact)" in summary and str(missing) in summary
+
+
+def test_once_the_server_stops_answering_later_calls_try_once_without_retries() -> None:
+    failures = tracking.LoggingFailures(f"http://127.0.0.1:{free_port()}")  # Nothing listens there.
+    retries_per_attempt = []
+
+    def log_metrics(values: dict[str, float]) -> None:
+        retries_per_attempt.append(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES"))
+        raise mlflow.exceptions.MlflowException("API request failed: Connection refused")
+
+    failures.call(log_metrics, {"loss": 0.9})
+    assert failures.server_gone
+    failures.call(log_metrics, {"loss": 0.5})
+    # The first call used MLflow's retries (whatever they were); the next one none at all.
+    assert retries_per_attempt[1:] == ["0"]
+    assert os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES") == retries_per_attempt[0]
+    assert "(log_metrics x2)" in failures.summary() and "stopped answering" in failures.summary()
+    # The server is back: the next call goes through and later ones get retries again.
+    assert failures.call(lambda: "logged") == "logged"
+    assert not failures.server_gone
+
+
+def test_a_bug_in_a_logging_call_is_not_swallowed() -> None:
+    with pytest.raises(ZeroDivisionError):
+        tracking.LoggingFailures().call(lambda: 1 / 0)
+
+
+def test_no_warning_when_every_call_succeeded() -> None:
+    failures = tracking.LoggingFailures("sqlite:///unused.db")
+    assert failures.call(lambda value: value * 2, 21) == 42
+    assert failures.summary() == ""
+
+
+# ---- Hydra multirun: one parent run per sweep ----
+
+
+@pytest.mark.slow
+def test_multirun_gives_one_child_run_per_job_under_one_parent_run(
+    dvc_project: Path, synthetic_prepared: Path, run_stage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(synthetic_prepared, dvc_project / "data" / "prepared")
+    monkeypatch.setenv("DVC_EXP_NAME", "tiny-sweep")
+    sweep = ["train.optimizer=adam,sgd", "model=small_cnn", "train.epochs=1"]
+    result = run_stage("train", "-m", *sweep, cwd=dvc_project, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "database is locked" not in output
+
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("fashion-cnn")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [run for run in runs if run.data.tags.get("sweep") == "parent"]
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(runs) == 3 and len(children) == 2
+    assert parent.info.run_name == "sweep " + " ".join(sweep)
+    assert {run.info.status for run in runs} == {"FINISHED"}
+
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=dvc_project, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    optimizers = sorted(child.data.params["train.optimizer"] for child in children)
+    assert optimizers == ["adam", "sgd"]
+    for child in children:
+        optimizer = child.data.params["train.optimizer"]
+        assert f"train.optimizer={optimizer}" in child.data.tags["hydra.overrides"]
+        assert f"train.optimizer={optimizer}" in child.info.run_name
+        assert child.info.run_name.endswith("(dvc exp tiny-sweep)")
+        assert child.data.tags["dvc.experiment"] == "tiny-sweep"
+        assert child.data.tags["git.commit"] == commit
+    assert len({child.info.run_name for child in children}) == 2
