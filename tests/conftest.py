@@ -353,3 +353,29 @@ def http_mirror() -> Iterator[HttpMirror]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+# ---- a small filesystem that fills up ----
+
+
+@pytest.fixture
+def small_tmpfs() -> Iterator[Callable[[Path, str], None]]:
+    """mount(folder, size): a tmpfs of `size` (e.g. "64k") over `folder`, unmounted after the test.
+
+    Skips the test where mounting is not allowed (it needs root and the mount permission).
+    """
+    mounted: list[Path] = []
+
+    def mount(folder: Path, size: str) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        command = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            pytest.skip(
+                f"cannot mount a tmpfs here (needs root and mount permission): {result.stderr.strip()}"
+            )
+        mounted.append(folder)
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "--lazy", str(folder)], check=False)

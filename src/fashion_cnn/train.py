@@ -19,7 +19,7 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from fashion_cnn import memory, paths, tracking  # noqa: E402
+from fashion_cnn import checkpoint, memory, paths, tracking  # noqa: E402
 from fashion_cnn.atomic import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
 from fashion_cnn.config import (  # noqa: E402
     ConfigError,
@@ -117,9 +117,17 @@ class EpochReport(keras.callbacks.Callback):
 
 
 def fit(
-    config: ProjectConfig, train_split: Split, validation_split: Split, runtime: dict[str, Any]
+    config: ProjectConfig,
+    train_split: Split,
+    validation_split: Split,
+    runtime: dict[str, Any],
+    checkpoint_dir: Path | None = None,
 ) -> tuple[keras.Model, list[dict[str, float]]]:
-    """Build, compile and train the model; return it with the per-epoch history rows."""
+    """Build, compile and train the model; return it with the per-epoch history rows.
+
+    With train.checkpoint and a `checkpoint_dir`, the state is saved there after every epoch and a
+    rerun with the same params and data resumes after the last completed epoch.
+    """
     keras.mixed_precision.set_global_policy(
         "float32" if runtime["mixed_precision"] == "none" else runtime["mixed_precision"]
     )
@@ -132,6 +140,12 @@ def fit(
         steps_per_execution=config.train.steps_per_execution,
     )
     report = EpochReport(config.train.epochs)
+    callbacks = [report]
+    if config.train.checkpoint and checkpoint_dir is not None:
+        run_fingerprint = checkpoint.fingerprint(
+            config, train_split.images, train_split.labels, validation_split.images, validation_split.labels
+        )
+        callbacks.append(checkpoint.ResumableTraining(checkpoint_dir, run_fingerprint, report))
     model.fit(
         train_split.images,
         train_split.labels,
@@ -140,7 +154,7 @@ def fit(
         validation_data=(validation_split.images, validation_split.labels),
         shuffle=True,
         verbose=0,
-        callbacks=[report],
+        callbacks=callbacks,
     )
     return model, report.rows
 
@@ -215,7 +229,7 @@ def train(config: ProjectConfig, project: paths.ProjectPaths) -> dict[str, float
         context="training",
     )
     started = time.perf_counter()
-    model, rows = fit(config, train_split, validation_split, runtime)
+    model, rows = fit(config, train_split, validation_split, runtime, project.train_checkpoint_dir)
     train_seconds = time.perf_counter() - started
 
     with atomic_path(project.model_file, suffix=".keras") as temp_model:
@@ -241,6 +255,8 @@ def train(config: ProjectConfig, project: paths.ProjectPaths) -> dict[str, float
     mlflow.log_artifact(str(project.model_dir / "config.yaml"))
     mlflow.log_artifact(str(project.history_file))
     log_model(model, validation_split.images)
+    # Only now, with every output written, is the checkpoint no longer needed to resume.
+    checkpoint.discard(project.train_checkpoint_dir)
     return metrics
 
 
@@ -254,6 +270,8 @@ def run_name(config: ProjectConfig, overrides: list[str]) -> str:
 def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
     """Entry point of `python -m fashion_cnn.train`."""
     overrides = hydra_overrides()
+    # A GPU asked for but absent is a params error: report it before any run or output is started.
+    select_device(config.train.device)
     with tracking.stage_run(
         project, config, "train", run_name(config, overrides), config.tracking.experiment_name, overrides
     ) as run:
