@@ -107,13 +107,16 @@ class EpochReport(keras.callbacks.Callback):
                 f"lower train.learning_rate or check the data"
             )
         self.rows.append(row)
+        mlflow.log_metrics({key: value for key, value in row.items() if key != "epoch"}, step=epoch + 1)
+        # Printed last, so a Ctrl-C prompted by this line does not cut the MLflow write short (an
+        # interrupted SQLite write can leave the store locked) and, with train.checkpoint, lands
+        # while the epoch's checkpoint is being saved, which holds it back until the save is done.
         print(
             f"epoch {epoch + 1}/{self.total_epochs}: loss {row['loss']:.4f} accuracy "
             f"{row['accuracy']:.4f} val_loss {row['val_loss']:.4f} val_accuracy "
             f"{row['val_accuracy']:.4f} ({row['epoch_seconds']:.1f} s)",
             flush=True,
         )
-        mlflow.log_metrics({key: value for key, value in row.items() if key != "epoch"}, step=epoch + 1)
 
 
 def fit(
