@@ -463,3 +463,29 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
     """One real `mlflow server` per test module (starting one takes seconds), with a temp store."""
     with running_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as server:
         yield server
+
+
+# ---- a small filesystem that fills up ----
+
+
+@pytest.fixture
+def small_tmpfs() -> Iterator[Callable[[Path, str], None]]:
+    """mount(folder, size): a tmpfs of `size` (e.g. "64k") over `folder`, unmounted after the test.
+
+    Skips the test where mounting is not allowed (it needs root and the mount permission).
+    """
+    mounted: list[Path] = []
+
+    def mount(folder: Path, size: str) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        command = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            pytest.skip(
+                f"cannot mount a tmpfs here (needs root and mount permission): {result.stderr.strip()}"
+            )
+        mounted.append(folder)
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "--lazy", str(folder)], check=False)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import functools
 import logging
+import os
+import re
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import hydra
 import yaml
 from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -214,6 +219,7 @@ class TrainConfig(Strict):
     label_smoothing: Annotated[float, Field(ge=0, lt=1)]
     weight_decay: Annotated[float, Field(ge=0)]
     augmentation: AugmentationConfig
+    checkpoint: bool
 
 
 class TrackingConfig(Strict):
@@ -291,14 +297,21 @@ def _is_layer_tag(loc: tuple, index: int) -> bool:
     return index > 0 and isinstance(loc[index - 1], int) and loc[index] in LAYER_TYPES
 
 
+def unknown_key_message(key: str, allowed: list[str]) -> str:
+    """Name the unknown key, the allowed key it most resembles, and every key allowed there."""
+    close = difflib.get_close_matches(key.rpartition(".")[2], allowed, n=1)
+    guess = f"did you mean '{close[0]}'? " if close else ""
+    return f"unknown key '{key}' ({guess}allowed here: {', '.join(allowed)})"
+
+
 def format_validation_error(error: ValidationError, raw: dict) -> str:
     """One line naming the key, the bad value and what is allowed."""
-    first = error.errors()[0]
+    # A misspelt key in params.yaml is both unknown and missing: report the spelling first.
+    first = min(error.errors(), key=lambda item: item["type"] != "extra_forbidden")
     key = _dotted(first["loc"]) or "params"
     value = first.get("input")
     if first["type"] == "extra_forbidden":
-        allowed = ", ".join(_allowed_keys(ProjectConfig, first["loc"], raw))
-        message = f"unknown key '{key}' (allowed here: {allowed})"
+        message = unknown_key_message(key, _allowed_keys(ProjectConfig, first["loc"], raw))
     elif first["type"] == "union_tag_invalid":
         message = f"{key}.type = {value.get('type')!r}: unknown layer type (allowed: "
         message += ", ".join(LAYER_TYPES) + ")"
@@ -314,11 +327,18 @@ def format_validation_error(error: ValidationError, raw: dict) -> str:
 
 
 def validate(raw: dict) -> ProjectConfig:
-    """Validate a plain dict (a resolved config) against the schema, raising ConfigError."""
+    """Validate a plain dict (a resolved config) against the schema and the model's layer shapes.
+
+    Raises ConfigError, so that an impossible model stops a stage before it starts any work.
+    """
+    from fashion_cnn.model import infer_shapes
+
     try:
-        return ProjectConfig.model_validate(raw)
+        config = ProjectConfig.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(f"invalid params: {format_validation_error(error, raw)}") from None
+    infer_shapes(config.model)
+    return config
 
 
 def to_plain_dict(cfg: DictConfig) -> dict:
@@ -372,15 +392,57 @@ def _register_stage_config(root: Path) -> None:
     ConfigStore.instance().store(name=STAGE_CONFIG_NAME, node=node)
 
 
-def check_params_file(path: Path) -> None:
+def check_params_file(path: Path) -> Any:
     """Parse params.yaml before Hydra does, so a syntax error is one line with its line number."""
     try:
-        yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
+
+
+def format_override_error(error: Exception, raw: Any) -> str:
+    """One line for a command-line override Hydra cannot apply: a typo in a key, an unknown preset."""
+    from hydra.errors import MissingConfigException
+
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    unknown = re.match(r"Could not override '([^']+)'", first_line)
+    if unknown and "not in struct" in str(error.__cause__):
+        key = unknown.group(1)
+        loc = tuple(int(part) if part.isdigit() else part for part in key.split("."))
+        allowed = _allowed_keys(ProjectConfig, loc, raw if isinstance(raw, dict) else {})
+        return f"invalid params: {unknown_key_message(key, allowed)}"
+    if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:
+        group, _, name = error.missing_cfg_file.rpartition("/")
+        allowed = ", ".join(error.options)
+        return f"invalid params: {group}={name}: no such preset in conf/{group} (allowed: {allowed})"
+    cause = str(error.__cause__).strip().splitlines()[0] if error.__cause__ else ""
+    override = getattr(error, "override", None)
+    which = f" {override!r}" if override and override not in first_line else ""
+    return f"invalid command-line override{which}: {first_line}" + (f" ({cause})" if cause else "")
+
+
+# Hydra's switch between printing its errors (over several lines, then exit 1) and raising them.
+HYDRA_FULL_ERROR = "HYDRA_FULL_ERROR"
+
+
+@contextlib.contextmanager
+def _hydra_errors_raised() -> Iterator[None]:
+    """Make Hydra raise its composition errors (it prints them over several lines and exits by default).
+
+    A user who set HYDRA_FULL_ERROR=1 keeps Hydra's full report.
+    """
+    previous = os.environ.get(HYDRA_FULL_ERROR)
+    os.environ[HYDRA_FULL_ERROR] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(HYDRA_FULL_ERROR, None)
+        else:
+            os.environ[HYDRA_FULL_ERROR] = previous
 
 
 # The shell's convention for a process ended by SIGINT (128 + 2).
@@ -403,7 +465,7 @@ def stage_main(task: Callable[[ProjectConfig, paths.ProjectPaths], Any]) -> Call
             print(f"error: {error}", file=sys.stderr)
             sys.exit(1)
         try:
-            check_params_file(project.params_file)
+            raw_params = check_params_file(project.params_file)
         except ConfigError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(1)
@@ -423,7 +485,15 @@ def stage_main(task: Callable[[ProjectConfig, paths.ProjectPaths], Any]) -> Call
                 sys.exit(INTERRUPTED_EXIT_CODE)
 
         signal.signal(signal.SIGTERM, _interrupt)
-        hydra_app()
+        user_wants_full_error = os.environ.get(HYDRA_FULL_ERROR) == "1"
+        try:
+            with _hydra_errors_raised():
+                hydra_app()
+        except HydraException as error:
+            if user_wants_full_error:
+                raise
+            print(f"error: {format_override_error(error, raw_params)}", file=sys.stderr)
+            sys.exit(1)
 
     return entry
 

@@ -88,6 +88,7 @@ def hardware() -> str:
 
 def evaluate(project: paths.ProjectPaths) -> dict:
     """Score the model on the test split, write reports/metrics.json and reports/evaluate/."""
+    print(f"evaluating {project.model_file} on the test split", flush=True)
     model = load_model(project.model_file)
     test_split = load_split(project.prepared_dir, "test")
     test = score(model, test_split)

@@ -86,6 +86,12 @@ class ProjectPaths:
         return self.reports_dir / "recipe"
 
     @property
+    def train_checkpoint_dir(self) -> Path:
+        """Training state saved after each epoch (train.checkpoint); outside every DVC output, so
+        `dvc repro` neither deletes it before rerunning train nor caches it (git- and dvc-ignored)."""
+        return self.root / "checkpoints" / "train"
+
+    @property
     def mlflow_db(self) -> Path:
         return self.root / "mlflow.db"
 

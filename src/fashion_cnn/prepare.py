@@ -79,6 +79,7 @@ def split_and_standardize(
 
 def prepare(raw_dir: Path, prepared_dir: Path, data_config: DataConfig) -> dict[str, int]:
     """Read data/raw, write data/prepared; return the size of each split."""
+    log.info("preparing %s from %s", prepared_dir, raw_dir)
     train_images, train_labels = load_raw(raw_dir, "train")
     test_images, test_labels = load_raw(raw_dir, "t10k")
     splits, mean, std = split_and_standardize(

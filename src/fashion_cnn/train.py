@@ -23,7 +23,7 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from fashion_cnn import distribute, memory, paths, recipe, tracking  # noqa: E402
+from fashion_cnn import checkpoint, distribute, memory, paths, recipe, tracking  # noqa: E402
 from fashion_cnn.atomic import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
 from fashion_cnn.config import (  # noqa: E402
     ConfigError,
@@ -130,15 +130,18 @@ class EpochReport(keras.callbacks.Callback):
                 f"lower train.learning_rate or check the data"
             )
         self.rows.append(row)
+        if self.log_to_mlflow:
+            epoch_metrics = {key: value for key, value in row.items() if key != "epoch"}
+            tracking.log_safely(mlflow.log_metrics, epoch_metrics, step=epoch + 1)
+        # Printed last, so a Ctrl-C prompted by this line does not cut the MLflow write short (an
+        # interrupted SQLite write can leave the store locked) and, with train.checkpoint, lands
+        # while the epoch's checkpoint is being saved, which holds it back until the save is done.
         print(
             f"epoch {epoch + 1}/{self.total_epochs}: loss {row['loss']:.4f} accuracy "
             f"{row['accuracy']:.4f} val_loss {row['val_loss']:.4f} val_accuracy "
             f"{row['val_accuracy']:.4f} ({row['epoch_seconds']:.1f} s)",
             flush=True,
         )
-        if self.log_to_mlflow:
-            epoch_metrics = {key: value for key, value in row.items() if key != "epoch"}
-            tracking.log_safely(mlflow.log_metrics, epoch_metrics, step=epoch + 1)
 
 
 def fit(
@@ -148,8 +151,13 @@ def fit(
     runtime: dict[str, Any],
     strategy: tf.distribute.Strategy | None,
     chief: bool = True,
+    checkpoint_dir: Path | None = None,
 ) -> tuple[keras.Model, list[dict[str, float]]]:
-    """Build, compile and train the model; return it with the per-epoch history rows."""
+    """Build, compile and train the model; return it with the per-epoch history rows.
+
+    With train.checkpoint and a `checkpoint_dir`, the state is saved there after every epoch and a
+    rerun with the same params and data resumes after the last completed epoch.
+    """
     keras.mixed_precision.set_global_policy(
         "float32" if runtime["mixed_precision"] == "none" else runtime["mixed_precision"]
     )
@@ -166,13 +174,19 @@ def fit(
             steps_per_execution=config.train.steps_per_execution,
         )
     report = EpochReport(config.train.epochs, log_to_mlflow=chief)
+    callbacks = [report]
+    if config.train.checkpoint and checkpoint_dir is not None:
+        run_fingerprint = checkpoint.fingerprint(
+            config, train_split.images, train_split.labels, validation_split.images, validation_split.labels
+        )
+        callbacks.append(checkpoint.ResumableTraining(checkpoint_dir, run_fingerprint, report))
     # NumPy arrays as before, or augmented tf.data batches when train.augmentation is on; Keras
     # splits each global batch across the replicas (and shards it across workers).
     model.fit(
         **recipe.fit_arguments(config, train_split, validation_split, batch_size),
         epochs=config.train.epochs,
         verbose=0,
-        callbacks=[report],
+        callbacks=callbacks,
     )
     return model, report.rows
 
@@ -287,7 +301,17 @@ def train(
     if task.is_chief:
         log_run_setup(config, runtime, task, train_split)
     started = time.perf_counter()
-    model, rows = fit(config, train_split, validation_split, runtime, strategy, chief=task.is_chief)
+    # Resuming covers single-process training; distributed runs start over after an interruption.
+    checkpoint_dir = project.train_checkpoint_dir if strategy is None else None
+    model, rows = fit(
+        config,
+        train_split,
+        validation_split,
+        runtime,
+        strategy,
+        chief=task.is_chief,
+        checkpoint_dir=checkpoint_dir,
+    )
     metrics = summarize(rows, time.perf_counter() - started)
     if task.is_chief:
         save_and_log(config, project, model, rows, metrics, validation_split.images, strategy)
@@ -326,6 +350,8 @@ def save_and_log(
     # A distributed model's predict would wait for the other workers: log a plain copy of it instead.
     loggable = model if strategy is None else keras.models.load_model(project.model_file)
     tracking.log_safely(log_model, loggable, example_images)
+    # Only now, with every output written, is the checkpoint no longer needed to resume.
+    checkpoint.discard(project.train_checkpoint_dir)
 
 
 def run_name(config: ProjectConfig, overrides: list[str]) -> str:
@@ -344,6 +370,8 @@ def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
         train(config, project, task)
         return
     overrides = hydra_overrides()
+    # A GPU asked for but absent is a params error: report it before any run or output is started.
+    select_device(config.train.device)
     with tracking.stage_run(
         project, config, "train", run_name(config, overrides), config.tracking.experiment_name, overrides
     ) as run:

@@ -1,0 +1,122 @@
+"""Resumable training: Keras's BackupAndRestore plus the state it does not keep (dropout RNG, history).
+
+Keras's `BackupAndRestore` saves the weights, the optimizer's variables and the epoch count after
+every epoch and restores them when `fit` starts again. It does not save the dropout layers' random
+state (a `SeedGenerator` per layer, advanced once per training step), so a resumed run would draw the
+dropout masks of epoch 1 again; nor does it know the per-epoch history rows this project reports.
+`ResumableTraining` saves both beside Keras's files, so that with deterministic settings a resumed run
+ends with exactly the metrics of an uninterrupted one. (Shuffling needs nothing: Keras draws each
+epoch's order from the same seeded op, so it does not depend on how many epochs ran before.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+
+from fashion_cnn.atomic import signals_deferred, write_json_atomic, write_text_atomic
+from fashion_cnn.config import FashionCnnError, ProjectConfig
+
+# The file Keras's BackupAndRestore writes after each epoch: {"epoch": completed epochs, "batch": 0}.
+KERAS_METADATA_FILE = "training_metadata.json"
+FINGERPRINT_FILE = "fingerprint.txt"
+
+
+def fingerprint(config: ProjectConfig, *arrays: np.ndarray) -> str:
+    """SHA-256 of what decides the training trajectory: seed, model, train params and the data."""
+    digest = hashlib.sha256()
+    decisive = {key: config.model_dump(mode="json")[key] for key in ("seed", "model", "train")}
+    digest.update(json.dumps(decisive, sort_keys=True).encode())
+    for array in arrays:
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+    return digest.hexdigest()
+
+
+def random_states(model: keras.Model) -> dict[str, keras.Variable]:
+    """The model's variables that are not weights: the SeedGenerator states of its dropout layers."""
+    weight_ids = {id(weight) for weight in model.weights}
+    return {variable.path: variable for variable in model.variables if id(variable) not in weight_ids}
+
+
+class ResumableTraining(keras.callbacks.BackupAndRestore):
+    """Save the training state after every epoch to `directory`; resume from it when `fit` starts.
+
+    `report` is the EpochReport of the run: its `rows` (one per completed epoch) are saved with
+    the state and handed back on resume, so the history covers every epoch. A checkpoint written
+    for other params or data (another `fingerprint`) is discarded rather than resumed.
+    """
+
+    def __init__(self, directory: Path, run_fingerprint: str, report: Any) -> None:
+        # double_checkpoint keeps the previous epoch's files, used when the latest ones are unreadable.
+        super().__init__(backup_dir=str(directory), double_checkpoint=True, delete_checkpoint=False)
+        self.directory = directory
+        self.run_fingerprint = run_fingerprint
+        self.report = report
+
+    def state_file(self, completed_epochs: int) -> Path:
+        return self.directory / f"resume_state_{completed_epochs:04d}.json"
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        fingerprint_file = self.directory / FINGERPRINT_FILE
+        if self.directory.exists() and (
+            not fingerprint_file.is_file() or fingerprint_file.read_text() != self.run_fingerprint
+        ):
+            print(f"discarding the checkpoint in {self.directory}: it is of other params or data", flush=True)
+            shutil.rmtree(self.directory)
+        super().on_train_begin(logs)
+        metadata_file = self.directory / KERAS_METADATA_FILE
+        completed = json.loads(metadata_file.read_text())["epoch"] if metadata_file.is_file() else 0
+        if completed:
+            self.restore(completed)
+        else:
+            write_text_atomic(fingerprint_file, self.run_fingerprint)
+
+    def restore(self, completed: int) -> None:
+        """After Keras restored weights, optimizer and epoch: the dropout RNG states and the history."""
+        path = self.state_file(completed)
+        try:
+            state = json.loads(path.read_text())
+            for name, variable in random_states(self.model).items():
+                variable.assign(np.asarray(state["random_states"][name], dtype=variable.dtype))
+            rows = state["rows"]
+        except (OSError, ValueError, KeyError) as error:
+            raise FashionCnnError(
+                f"{path}: the checkpoint after epoch {completed} is incomplete ({error!r}); delete "
+                f"{self.directory} to train from the first epoch"
+            ) from None
+        self.report.rows = rows
+        print(f"resuming after epoch {completed} from the checkpoint in {self.directory}", flush=True)
+        # The MLflow run of the resumed training gets the whole history, not only the new epochs.
+        mlflow.set_tag("resumed_after_epoch", completed)
+        for row in rows:
+            metrics = {key: value for key, value in row.items() if key != "epoch"}
+            mlflow.log_metrics(metrics, step=row["epoch"])
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        with signals_deferred():
+            super().on_epoch_end(epoch, logs)
+            states = random_states(self.model)
+            state = {
+                "epoch": epoch + 1,
+                "rows": self.report.rows,
+                "random_states": {name: np.asarray(variable).tolist() for name, variable in states.items()},
+            }
+            write_json_atomic(self.state_file(epoch + 1), state)
+            # Keep this epoch's and the previous one's, as Keras keeps its files (double_checkpoint).
+            self.state_file(epoch - 1).unlink(missing_ok=True)
+
+
+def discard(directory: Path) -> None:
+    """Remove a finished run's checkpoint, and the checkpoints folder when nothing else is in it."""
+    shutil.rmtree(directory, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        directory.parent.rmdir()
