@@ -191,7 +191,7 @@ def test_logged_model_loads_over_the_server_and_predicts_like_the_local_one(
 
     mlflow.set_tracking_uri(trained_runs.server.url)
     logged = mlflow.keras.load_model(f"runs:/{trained_runs.run_ids[OPTIMIZERS[-1]]}/model")
-    local = keras.saving.load_model(trained_runs.project.root / "data/model/model.keras")
+    local = keras.saving.load_model(trained_runs.project.root / "data/model/model.keras", safe_mode=True)
     images = data.load_split(trained_runs.project.root / "data/prepared", "test").images[:8]
     np.testing.assert_allclose(logged.predict(images, verbose=0), local.predict(images, verbose=0), atol=1e-6)
 

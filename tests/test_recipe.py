@@ -96,7 +96,8 @@ def test_multiply_adds_of_recipe_layers_reach_the_memory_report():
     [
         ([{"type": "residual", "filters": 0}, {"type": "flatten"}], r"model\.layers\.0\.filters = 0"),
         ([{"type": "residual", "filters": 8, "padding": "valid"}, {"type": "flatten"}],
-         r"unknown key 'model\.layers\.0\.padding' \(allowed here: activation, batch_norm_momentum, filters"),
+         r"unknown key 'model\.layers\.0\.padding' \((did you mean .*)?"
+         r"allowed here: activation, batch_norm_momentum, filters"),
         ([{"type": "batch_norm", "momentum": 1.0}, {"type": "flatten"}],
          r"model\.layers\.0\.momentum = 1\.0.*less than 1"),
         ([{"type": "activation", "activation": "relux"}, {"type": "flatten"}],
@@ -251,7 +252,8 @@ def test_label_smoothing_switches_to_one_hot_labels(make_config):
         ("train.label_smoothing=1.0", r"train\.label_smoothing = 1\.0.*less than 1"),
         ("train.augmentation.shift_pixels=-1", r"train\.augmentation\.shift_pixels = -1"),
         ("+train.augmentation.vertical_flip=true",
-         r"unknown key 'train\.augmentation\.vertical_flip' \(allowed here: horizontal_flip, random_erasing"),
+         r"unknown key 'train\.augmentation\.vertical_flip' \((did you mean .*)?"
+         r"allowed here: horizontal_flip, random_erasing"),
     ],
 )  # fmt: skip
 def test_bad_recipe_params_give_one_line_naming_the_key(make_config, override, message):

@@ -111,6 +111,11 @@ class Case:
 
 ALLOWED_TOP_LEVEL = "allowed here: data, model, seed, tracking, train"
 
+# The line of params.yaml the unparseable-YAML case breaks (its error names the line).
+BATCH_SIZE_LINE = (Path(__file__).resolve().parents[1] / "params.yaml").read_text().splitlines().index(
+    "  batch_size: 32"
+) + 1
+
 # Every bad-params case of the issue: typos, wrong types, non-positive sizes, dropout outside
 # [0, 1), unknown names, shapes that shrink to nothing, learning rate <= 0, a split larger than the
 # data, no sources, unparseable YAML; plus a GPU asked for where there is none.
@@ -194,7 +199,7 @@ BAD_PARAMS = {
     "unparseable-params-yaml": Case(
         "train",
         (),
-        ("params.yaml:33: not valid YAML (mapping values are not allowed here)",),
+        (f"params.yaml:{BATCH_SIZE_LINE}: not valid YAML (mapping values are not allowed here)",),
         replace_in_params("  batch_size: 32\n", "  batch_size: 32: 5\n"),
     ),
     "gpu-without-one": Case(
@@ -594,7 +599,13 @@ def unsafe_lines(paths: list[Path]) -> list[str]:
     for top in paths:
         files = sorted(top.rglob("*")) if top.is_dir() else [top]
         for path in files:
-            if not path.is_file() or path.suffix in (".png", ".pyc") or path.name == Path(__file__).name:
+            generated = any(part.endswith(".egg-info") or part == "__pycache__" for part in path.parts)
+            if (
+                generated
+                or not path.is_file()
+                or path.suffix in (".png", ".pyc")
+                or path.name == Path(__file__).name
+            ):
                 continue
             text = path.read_text(errors="replace")
             # A call may wrap its arguments over lines: join them, so `load_model(\n path, safe_mode=True)`

@@ -348,7 +348,7 @@ def save_and_log(
     tracking.log_safely(mlflow.log_artifact, str(project.model_dir / "config.yaml"))
     tracking.log_safely(mlflow.log_artifact, str(project.history_file))
     # A distributed model's predict would wait for the other workers: log a plain copy of it instead.
-    loggable = model if strategy is None else keras.models.load_model(project.model_file)
+    loggable = model if strategy is None else keras.models.load_model(project.model_file, safe_mode=True)
     tracking.log_safely(log_model, loggable, example_images)
     # Only now, with every output written, is the checkpoint no longer needed to resume.
     checkpoint.discard(project.train_checkpoint_dir)
