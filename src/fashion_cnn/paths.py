@@ -92,8 +92,19 @@ class ProjectPaths:
         return self.root / "checkpoints" / "train"
 
     @property
+    def store_root(self) -> Path:
+        """Where the local MLflow store lives: the root, or, for an experiment DVC runs in a temporary
+        workspace (`dvc exp run --queue` or `--temp`: <repo>/.dvc/tmp/exps/<id>/), the repository it
+        belongs to, so its runs land beside all the others instead of vanishing with the workspace."""
+        parts = self.root.parts
+        for index in range(len(parts) - 2):
+            if parts[index : index + 3] == (".dvc", "tmp", "exps"):
+                return Path(*parts[:index])
+        return self.root
+
+    @property
     def mlflow_db(self) -> Path:
-        return self.root / "mlflow.db"
+        return self.store_root / "mlflow.db"
 
 
 def project_paths(start: Path | None = None) -> ProjectPaths:
