@@ -315,10 +315,10 @@ def test_a_checkpoint_of_other_params_is_discarded_not_resumed(make_config, tmp_
         generator.standard_normal((64, 28, 28, 1)).astype(np.float32),
         generator.integers(0, 10, size=64).astype(np.uint8),
     )
-    runtime = {"device": "CPU", "mixed_precision": "none", "jit_compile": False}
+    runtime = train.resolve_runtime(config.train, "CPU", None)
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     with mlflow.start_run():
-        _, rows = train.fit(config, split, split, runtime, checkpoint_dir)
+        _, rows = train.fit(config, split, split, runtime, None, checkpoint_dir=checkpoint_dir)
     printed = capsys.readouterr().out
     assert f"discarding the checkpoint in {checkpoint_dir}" in printed
     assert "resuming" not in printed
