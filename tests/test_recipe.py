@@ -186,14 +186,14 @@ def test_random_erasing_sets_one_rectangle_to_the_mean_image():
     np.testing.assert_array_equal(untouched, images)
 
 
-def test_validation_data_are_never_augmented_and_default_training_stays_on_numpy(make_config):
+def test_validation_data_are_never_augmented_and_training_batches_come_from_the_seeded_pipeline(make_config):
     generator = np.random.default_rng(4)
     train_split = Split(generator.normal(size=(20, 28, 28, 1)).astype(np.float32), np.arange(20) % 10)
     validation_split = Split(generator.normal(size=(8, 28, 28, 1)).astype(np.float32), np.arange(8) % 10)
 
     default = recipe.fit_arguments(make_config(), train_split, validation_split)
-    assert default["x"] is train_split.images and default["y"] is train_split.labels
-    assert default["shuffle"] is True and default["batch_size"] == 32
+    assert isinstance(default["x"], tf.data.Dataset) and default["steps_per_epoch"] == 1
+    assert default["validation_data"][0] is validation_split.images
 
     augmented_config = make_config("train.augmentation.shift_pixels=3", "train.label_smoothing=0.1")
     augmented = recipe.fit_arguments(augmented_config, train_split, validation_split)
@@ -203,6 +203,31 @@ def test_validation_data_are_never_augmented_and_default_training_stays_on_numpy
     assert validation_images is validation_split.images
     # One-hot for the label-smoothed loss, the same classes.
     np.testing.assert_array_equal(validation_labels.argmax(axis=1), validation_split.labels)
+
+
+def test_every_epoch_is_a_new_permutation_and_a_resumed_run_sees_the_same_batches():
+    images = np.arange(50, dtype=np.float32).reshape(50, 1, 1, 1) * np.ones((1, 28, 28, 1), np.float32)
+    labels = np.arange(50) % 10
+    plain = augmentation_config()
+
+    def epoch_orders(dataset: tf.data.Dataset) -> list[list[int]]:
+        served = [int(image[0, 0, 0]) for batch_images, _ in batches(dataset) for image in batch_images]
+        return [served[start : start + 50] for start in range(0, len(served), 50)]
+
+    orders = epoch_orders(augmentation.training_dataset(images, labels, 16, 4, plain, seed=42))
+    assert len(orders) == 4
+    for order in orders:
+        assert sorted(order) == list(range(50))  # every image once per epoch
+    assert len({tuple(order) for order in orders}) == 4  # reshuffled every epoch
+    # Starting at epoch 2 (a resumed run) serves exactly epochs 2 and 3 of the uninterrupted run.
+    resumed = epoch_orders(augmentation.training_dataset(images, labels, 16, 4, plain, seed=42, first_epoch=2))
+    assert resumed == orders[2:]
+    # With augmentation too: the batches depend on the batch number, not on where the run started.
+    erasing = augmentation_config(random_erasing=1.0)
+    whole = batches(augmentation.training_dataset(images, labels, 16, 2, erasing, seed=7))
+    second = batches(augmentation.training_dataset(images, labels, 16, 2, erasing, seed=7, first_epoch=1))
+    for (expected, _), (served, _) in zip(whole[4:], second, strict=True):
+        np.testing.assert_array_equal(expected, served)
 
 
 # ---- learning rate and loss ----

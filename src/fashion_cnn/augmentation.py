@@ -79,6 +79,12 @@ def augment_batch(images: tf.Tensor, augmentation: AugmentationConfig, seed: tf.
     return images
 
 
+def epoch_order(count: int, seed: int, epoch: tf.Tensor) -> tf.Tensor:
+    """The order of the training images in `epoch`: a permutation drawn from (seed, epoch) alone."""
+    keys = tf.random.stateless_uniform((count,), tf.stack([tf.constant(seed, tf.int64), epoch]))
+    return tf.argsort(keys, stable=True)
+
+
 def training_dataset(
     images: np.ndarray,
     labels: np.ndarray,
@@ -86,26 +92,33 @@ def training_dataset(
     epochs: int,
     augmentation: AugmentationConfig,
     seed: int,
+    first_epoch: int = 0,
 ) -> tf.data.Dataset:
-    """All `epochs` of shuffled, augmented training batches in order (fit it with steps_per_epoch).
+    """Epochs `first_epoch` to `epochs` - 1 of shuffled (and augmented) training batches, in order.
 
-    The dataset holds every epoch so that Keras keeps one iterator for the whole run: the batch
-    number then grows across epochs, and each epoch gets a new shuffle and new augmentations.
+    Fit it with steps_per_epoch: the dataset holds every epoch so that Keras keeps one iterator for
+    the whole run. Each epoch's order and each batch's augmentations are drawn from (seed, epoch)
+    and (seed, batch number) only, so every epoch is shuffled anew and a run resumed at
+    `first_epoch` sees exactly the batches an uninterrupted run would. (Keras's own shuffle of
+    NumPy arrays draws the same order in every epoch once the global seed is set.)
     """
     count = len(labels)
+    steps_in_epoch = math.ceil(count / batch_size)
     images_tensor = tf.constant(images)  # (count, 28, 28, 1)
     labels_tensor = tf.constant(labels)  # (count,) or (count, classes) one-hot
     batch_seed = tf.constant(seed, tf.int64)
 
+    def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
+        batches = tf.data.Dataset.from_tensor_slices(epoch_order(count, seed, epoch)).batch(batch_size)
+        first_step = epoch * steps_in_epoch
+        return batches.enumerate().map(lambda index, indices: (first_step + index, indices))
+
     def load(step: tf.Tensor, indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        batch = augment_batch(tf.gather(images_tensor, indices), augmentation, tf.stack([batch_seed, step]))
+        batch = tf.gather(images_tensor, indices)
+        if augmentation.enabled:
+            batch = augment_batch(batch, augmentation, tf.stack([batch_seed, step]))
         return batch, tf.gather(labels_tensor, indices)
 
-    order = (
-        tf.data.Dataset.range(count)
-        .shuffle(count, seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size)
-        .repeat(epochs)
-    )
+    order = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_batches)
     # A plain map: the batch ops are vectorized already, and prefetch overlaps them with training.
-    return order.enumerate().map(load).prefetch(tf.data.AUTOTUNE)
+    return order.map(load).prefetch(tf.data.AUTOTUNE)

@@ -5,8 +5,8 @@ every epoch and restores them when `fit` starts again. It does not save the drop
 state (a `SeedGenerator` per layer, advanced once per training step), so a resumed run would draw the
 dropout masks of epoch 1 again; nor does it know the per-epoch history rows this project reports.
 `ResumableTraining` saves both beside Keras's files, so that with deterministic settings a resumed run
-ends with exactly the metrics of an uninterrupted one. (Shuffling needs nothing: Keras draws each
-epoch's order from the same seeded op, so it does not depend on how many epochs ran before.)
+ends with exactly the metrics of an uninterrupted one. (The training batches need nothing: each
+epoch's order is drawn from (seed, epoch), and `completed_epochs` tells the input pipeline where to start.)
 """
 
 from __future__ import annotations
@@ -41,6 +41,20 @@ def fingerprint(config: ProjectConfig, *arrays: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def completed_epochs(directory: Path, run_fingerprint: str) -> int:
+    """The epochs a checkpoint in `directory` holds for this run: 0 when none, or one of another run."""
+    fingerprint_file = directory / FINGERPRINT_FILE
+    metadata_file = directory / KERAS_METADATA_FILE
+    if not (fingerprint_file.is_file() and metadata_file.is_file()):
+        return 0
+    if fingerprint_file.read_text() != run_fingerprint:
+        return 0
+    try:
+        return int(json.loads(metadata_file.read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 def random_states(model: keras.Model) -> dict[str, keras.Variable]:
     """The model's variables that are not weights: the SeedGenerator states of its dropout layers."""
     weight_ids = {id(weight) for weight in model.weights}
@@ -55,12 +69,13 @@ class ResumableTraining(keras.callbacks.BackupAndRestore):
     for other params or data (another `fingerprint`) is discarded rather than resumed.
     """
 
-    def __init__(self, directory: Path, run_fingerprint: str, report: Any) -> None:
+    def __init__(self, directory: Path, run_fingerprint: str, report: Any, first_epoch: int = 0) -> None:
         # double_checkpoint keeps the previous epoch's files, used when the latest ones are unreadable.
         super().__init__(backup_dir=str(directory), double_checkpoint=True, delete_checkpoint=False)
         self.directory = directory
         self.run_fingerprint = run_fingerprint
         self.report = report
+        self.first_epoch = first_epoch  # where the input pipeline starts (completed_epochs)
 
     def state_file(self, completed_epochs: int) -> Path:
         return self.directory / f"resume_state_{completed_epochs:04d}.json"
@@ -75,6 +90,12 @@ class ResumableTraining(keras.callbacks.BackupAndRestore):
         super().on_train_begin(logs)
         metadata_file = self.directory / KERAS_METADATA_FILE
         completed = json.loads(metadata_file.read_text())["epoch"] if metadata_file.is_file() else 0
+        if completed != self.first_epoch:
+            raise FashionCnnError(
+                f"{self.directory}: Keras restored the state after epoch {completed} but the training "
+                f"batches start at epoch {self.first_epoch + 1}; delete {self.directory} to train from "
+                "the first epoch"
+            )
         if completed:
             self.restore(completed)
         else:

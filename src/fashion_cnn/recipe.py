@@ -70,25 +70,22 @@ def encode_labels(labels: np.ndarray, train_config: TrainConfig) -> np.ndarray:
 
 
 def fit_arguments(
-    config: ProjectConfig, train_split: Split, validation_split: Split, batch_size: int | None = None
+    config: ProjectConfig,
+    train_split: Split,
+    validation_split: Split,
+    batch_size: int | None = None,
+    first_epoch: int = 0,
 ) -> dict[str, Any]:
-    """Keyword arguments of model.fit for the data: NumPy arrays, or augmented tf.data batches.
+    """Keyword arguments of model.fit for the data: seeded tf.data batches, reshuffled every epoch.
 
-    `batch_size` is the global batch (default train.batch_size; more under a distribution strategy).
-    Validation data are always the plain arrays: they are never augmented.
+    `batch_size` is the global batch (default train.batch_size; more under a distribution strategy);
+    `first_epoch` is where a resumed run starts. Training batches are augmented when
+    train.augmentation is on; validation data are always the plain arrays, never augmented.
     """
     train_config = config.train
     batch_size = batch_size or train_config.batch_size
     train_labels = encode_labels(train_split.labels, train_config)
     validation_data = (validation_split.images, encode_labels(validation_split.labels, train_config))
-    if not train_config.augmentation.enabled:
-        return {
-            "x": train_split.images,
-            "y": train_labels,
-            "batch_size": batch_size,
-            "validation_data": validation_data,
-            "shuffle": True,
-        }
     dataset = augmentation.training_dataset(
         train_split.images,
         train_labels,
@@ -96,10 +93,12 @@ def fit_arguments(
         train_config.epochs,
         train_config.augmentation,
         config.seed,
+        first_epoch,
     )
     return {
         "x": dataset,
         "steps_per_epoch": steps_per_epoch(len(train_split.labels), batch_size),
         "validation_data": validation_data,
         "validation_batch_size": batch_size,
+        "shuffle": False,  # the dataset shuffles itself; Keras would only warn that it ignores True
     }

@@ -175,15 +175,17 @@ def fit(
         )
     report = EpochReport(config.train.epochs, log_to_mlflow=chief)
     callbacks = [report]
+    first_epoch = 0
     if config.train.checkpoint and checkpoint_dir is not None:
         run_fingerprint = checkpoint.fingerprint(
             config, train_split.images, train_split.labels, validation_split.images, validation_split.labels
         )
-        callbacks.append(checkpoint.ResumableTraining(checkpoint_dir, run_fingerprint, report))
-    # NumPy arrays as before, or augmented tf.data batches when train.augmentation is on; Keras
-    # splits each global batch across the replicas (and shards it across workers).
+        first_epoch = checkpoint.completed_epochs(checkpoint_dir, run_fingerprint)
+        callbacks.append(checkpoint.ResumableTraining(checkpoint_dir, run_fingerprint, report, first_epoch))
+    # Seeded tf.data batches, reshuffled (and augmented, when on) every epoch; Keras splits each
+    # global batch across the replicas (and shards it across workers).
     model.fit(
-        **recipe.fit_arguments(config, train_split, validation_split, batch_size),
+        **recipe.fit_arguments(config, train_split, validation_split, batch_size, first_epoch),
         epochs=config.train.epochs,
         verbose=0,
         callbacks=callbacks,
