@@ -220,7 +220,9 @@ def test_every_epoch_is_a_new_permutation_and_a_resumed_run_sees_the_same_batche
         assert sorted(order) == list(range(50))  # every image once per epoch
     assert len({tuple(order) for order in orders}) == 4  # reshuffled every epoch
     # Starting at epoch 2 (a resumed run) serves exactly epochs 2 and 3 of the uninterrupted run.
-    resumed = epoch_orders(augmentation.training_dataset(images, labels, 16, 4, plain, seed=42, first_epoch=2))
+    resumed = epoch_orders(
+        augmentation.training_dataset(images, labels, 16, 4, plain, seed=42, first_epoch=2)
+    )
     assert resumed == orders[2:]
     # With augmentation too: the batches depend on the batch number, not on where the run started.
     erasing = augmentation_config(random_erasing=1.0)
