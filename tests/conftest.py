@@ -26,7 +26,7 @@ import pytest
 from hydra import compose, initialize
 from PIL import Image
 
-from fashion_cnn import config, download, prepare
+from fashion_cnn import config, download, idx, prepare
 from fashion_cnn.idx import encode_idx
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +37,34 @@ VENV_BIN = Path(sys.executable).parent
 # the stages import the installed package.
 PROJECT_FILES = ("params.yaml", "dvc.yaml", ".dvcignore", ".gitignore")
 PROJECT_DIRS = ("conf", "src")
+
+# The four original Fashion-MNIST files, from Debian's package dataset-fashion-mnist when installed.
+DEBIAN_MIRROR = Path("/usr/share/datasets/fashion-mnist")
+HAS_DATASET = all((DEBIAN_MIRROR / f"{item.name}.gz").is_file() for item in download.FILES)
+NO_DATASET = f"needs the real dataset in {DEBIAN_MIRROR} (apt-get install dataset-fashion-mnist)"
+needs_dataset = pytest.mark.skipif(not HAS_DATASET, reason=NO_DATASET)
+
+
+def tiny_arrays(
+    train_count: int = 800, test_count: int = 300
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The first training and test images of real Fashion-MNIST, or learnable synthetic ones without it.
+
+    Synthetic: class k is a bright bar at rows 2k+4..2k+7 over noise.
+    """
+    if HAS_DATASET:
+        return (
+            idx.load_images(DEBIAN_MIRROR / "train-images-idx3-ubyte.gz")[:train_count],
+            idx.load_labels(DEBIAN_MIRROR / "train-labels-idx1-ubyte.gz")[:train_count],
+            idx.load_images(DEBIAN_MIRROR / "t10k-images-idx3-ubyte.gz")[:test_count],
+            idx.load_labels(DEBIAN_MIRROR / "t10k-labels-idx1-ubyte.gz")[:test_count],
+        )
+    generator = np.random.default_rng(0)
+    labels = generator.integers(0, 10, size=train_count + test_count).astype(np.uint8)
+    images = generator.integers(0, 60, size=(train_count + test_count, 28, 28)).astype(np.uint8)
+    for index, label in enumerate(labels):
+        images[index, 2 * label + 4 : 2 * label + 8, 4:24] = 230
+    return images[:train_count], labels[:train_count], images[train_count:], labels[train_count:]
 
 
 # ---- isolation ----

@@ -12,13 +12,12 @@ import textwrap
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
 import yaml
+from conftest import tiny_arrays
 
-from fashion_cnn import config, data, distribute, idx, prepare
+from fashion_cnn import config, data, distribute, prepare
 
-DEBIAN_MIRROR = Path("/usr/share/datasets/fashion-mnist")
 # The tiny profile: small_cnn, 2 epochs, 32 images per gradient step.
 TINY_RUN = ["model=small_cnn", "train.epochs=2"]
 GLOBAL_BATCH = 32
@@ -111,24 +110,6 @@ def test_bad_strategy_params_are_one_line(override: str, fragments: list[str], m
 # ---- real training (slow) ----
 
 
-def tiny_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """800 training and 100 test images: real Fashion-MNIST when the Debian mirror is here."""
-    if DEBIAN_MIRROR.is_dir():
-        return (
-            idx.load_images(DEBIAN_MIRROR / "train-images-idx3-ubyte.gz")[:800],
-            idx.load_labels(DEBIAN_MIRROR / "train-labels-idx1-ubyte.gz")[:800],
-            idx.load_images(DEBIAN_MIRROR / "t10k-images-idx3-ubyte.gz")[:100],
-            idx.load_labels(DEBIAN_MIRROR / "t10k-labels-idx1-ubyte.gz")[:100],
-        )
-    # Synthetic but learnable: class k is a bright bar at rows 2k+4..2k+7 plus noise.
-    generator = np.random.default_rng(0)
-    labels = generator.integers(0, 10, size=900).astype(np.uint8)
-    images = generator.integers(0, 120, size=(900, 28, 28)).astype(np.uint8)
-    for index, label in enumerate(labels):
-        images[index, 2 * label + 4 : 2 * label + 8, 4:24] = 200
-    return images[:800], labels[:800], images[800:], labels[800:]
-
-
 def make_tiny_project(destination: Path, repo_root: Path) -> Path:
     """params, dvc.yaml and conf/ of the repo plus 600 train / 200 validation prepared images."""
     destination.mkdir(parents=True)
@@ -137,7 +118,7 @@ def make_tiny_project(destination: Path, repo_root: Path) -> Path:
     shutil.copytree(repo_root / "conf", destination / "conf")
     data_config = config.validate(yaml.safe_load((repo_root / "params.yaml").read_text())).data
     splits, mean, std = prepare.split_and_standardize(
-        *tiny_arrays(), data_config.model_copy(update={"validation_size": 200})
+        *tiny_arrays(test_count=100), data_config.model_copy(update={"validation_size": 200})
     )
     for name, split in splits.items():
         data.save_npz(destination / "data/prepared" / f"{name}.npz", images=split.images, labels=split.labels)

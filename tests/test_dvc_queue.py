@@ -10,19 +10,16 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from conftest import needs_dataset
 
-from fashion_cnn import download, paths
+from fashion_cnn import paths
 
-DEBIAN_MIRROR = Path("/usr/share/datasets/fashion-mnist")
 DVC = str(Path(sys.executable).parent / "dvc")
 QUEUE_TIMEOUT_SECONDS = 900
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not all((DEBIAN_MIRROR / f"{item.name}.gz").is_file() for item in download.FILES),
-        reason=f"needs the real dataset in {DEBIAN_MIRROR} (apt-get install dataset-fashion-mnist)",
-    ),
+    needs_dataset,
 ]
 
 

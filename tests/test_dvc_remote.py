@@ -8,20 +8,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import DEBIAN_MIRROR, needs_dataset
 
 from fashion_cnn import download
 
-DEBIAN_MIRROR = Path("/usr/share/datasets/fashion-mnist")
 DVC = str(Path(sys.executable).parent / "dvc")
 # The stages whose outputs live in the DVC cache (and so on the remote); reports are committed to git.
 CACHED_OUTPUTS = ("data/raw", "data/prepared", "data/model")
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not all((DEBIAN_MIRROR / f"{item.name}.gz").is_file() for item in download.FILES),
-        reason=f"needs the real dataset in {DEBIAN_MIRROR} (apt-get install dataset-fashion-mnist)",
-    ),
+    needs_dataset,
 ]
 
 

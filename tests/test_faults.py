@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import DEBIAN_MIRROR, needs_dataset
 
 from fashion_cnn import download
 
-DEBIAN_MIRROR = Path("/usr/share/datasets/fashion-mnist")
 DVC = str(Path(sys.executable).parent / "dvc")
 EPOCHS = 5
 # The four pipeline stages the issue names; memory and the figure stages are not needed here.
@@ -34,10 +34,7 @@ TARGET = "evaluate"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not all((DEBIAN_MIRROR / f"{item.name}.gz").is_file() for item in download.FILES),
-        reason=f"needs the real dataset in {DEBIAN_MIRROR} (apt-get install dataset-fashion-mnist)",
-    ),
+    needs_dataset,
 ]
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import VENV_BIN, MlflowServer, free_port, make_synthetic_raw
+from conftest import DEBIAN_MIRROR, HAS_DATASET, VENV_BIN, MlflowServer, free_port, make_synthetic_raw
 from PIL import Image
 
 from fashion_cnn import config as config_module
@@ -32,7 +32,6 @@ from fashion_cnn import data, download, predict, prepare
 
 pytestmark = pytest.mark.slow
 
-DEBIAN_MIRROR = Path("/usr/share/datasets/fashion-mnist")
 # The quick preset (small_cnn) on 1,000 training, 500 validation and 500 test images, one epoch.
 TINY_DATA = {"max_train_images": 1000, "max_test_images": 500, "validation_size": 500}
 TINY_RUN = [
@@ -65,7 +64,7 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory, project_copier) -> Ti
     the prepare stage would with TINY_DATA."""
     root = project_copier(tmp_path_factory.mktemp("tiny") / "project")
     raw_dir = DEBIAN_MIRROR
-    if not all((DEBIAN_MIRROR / f"{item.name}.gz").is_file() for item in download.FILES):
+    if not HAS_DATASET:
         raw_dir = make_synthetic_raw(root.parent / "raw", n_train=1600, n_test=500).directory
     params = config_module.validate(yaml.safe_load((root / "params.yaml").read_text()))
     prepare.prepare(raw_dir, root / "data" / "prepared", params.data.model_copy(update=TINY_DATA))

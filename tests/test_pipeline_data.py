@@ -12,17 +12,13 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
+from conftest import DEBIAN_MIRROR, needs_dataset
 
 from fashion_cnn import data, download
 
-DEBIAN_MIRROR = Path("/usr/share/datasets/fashion-mnist")
-
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not all((DEBIAN_MIRROR / f"{item.name}.gz").is_file() for item in download.FILES),
-        reason=f"needs the real dataset in {DEBIAN_MIRROR} (apt-get install dataset-fashion-mnist)",
-    ),
+    needs_dataset,
 ]
 
 DVC = str(Path(sys.executable).parent / "dvc")

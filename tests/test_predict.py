@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import DEBIAN_MIRROR, HAS_DATASET, NO_DATASET
 from PIL import Image
 
 from fashion_cnn import CLASS_NAMES, predict
@@ -22,7 +23,6 @@ from fashion_cnn.idx import load_images, load_labels
 from fashion_cnn.prepare import split_and_standardize
 
 ROOT = Path(__file__).resolve().parents[1]
-DATASET = Path("/usr/share/datasets/fashion-mnist")
 TRAIN_IMAGES = 2000
 TRAIN_EPOCHS = 2
 
@@ -68,18 +68,18 @@ def pick_garment(images: np.ndarray, labels: np.ndarray, probabilities: np.ndarr
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedProject:
     """Train small_cnn for two epochs on the first 2,000 real training images and save what predict reads."""
-    if not (DATASET / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"Fashion-MNIST not installed at {DATASET} (Debian package dataset-fashion-mnist)")
+    if not HAS_DATASET:
+        pytest.skip(NO_DATASET)
     import keras
 
     from fashion_cnn.model import build_model
 
     config = small_cnn_config()
     data_config = config.data.model_copy(update={"validation_size": 500, "max_train_images": TRAIN_IMAGES})
-    train_images = load_images(DATASET / "train-images-idx3-ubyte.gz")[: TRAIN_IMAGES + 500]
-    train_labels = load_labels(DATASET / "train-labels-idx1-ubyte.gz")[: TRAIN_IMAGES + 500]
-    test_images = load_images(DATASET / "t10k-images-idx3-ubyte.gz")[:300]
-    test_labels = load_labels(DATASET / "t10k-labels-idx1-ubyte.gz")[:300]
+    train_images = load_images(DEBIAN_MIRROR / "train-images-idx3-ubyte.gz")[: TRAIN_IMAGES + 500]
+    train_labels = load_labels(DEBIAN_MIRROR / "train-labels-idx1-ubyte.gz")[: TRAIN_IMAGES + 500]
+    test_images = load_images(DEBIAN_MIRROR / "t10k-images-idx3-ubyte.gz")[:300]
+    test_labels = load_labels(DEBIAN_MIRROR / "t10k-labels-idx1-ubyte.gz")[:300]
     splits, mean, std = split_and_standardize(
         train_images, train_labels, test_images, test_labels, data_config
     )

@@ -30,13 +30,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import make_synthetic_raw
+from conftest import DEBIAN_MIRROR, HAS_DATASET, make_synthetic_raw
 
 from fashion_cnn import atomic, config, data, prepare
 from fashion_cnn.idx import encode_idx
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEBIAN_MIRROR = Path("/usr/share/datasets/fashion-mnist")
 # What a stage writes: nothing under these may change when its params are bad.
 OUTPUT_DIRS = ("data", "reports")
 
@@ -313,7 +312,7 @@ BAD_DATA = {
         opens_run=True,
     ),
 }
-if DEBIAN_MIRROR.is_dir():
+if HAS_DATASET:
     BAD_DATA["download-checksum-mismatch"] = Case(
         "download",
         ("data.sources=[{project}/mirror]",),

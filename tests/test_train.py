@@ -14,32 +14,15 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
+from conftest import tiny_arrays
 
 from fashion_cnn import config as config_module
-from fashion_cnn import data, idx, prepare
+from fashion_cnn import data, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
-DEBIAN_MIRROR = Path("/usr/share/datasets/fashion-mnist")
 TINY_RUN = ["model=small_cnn", "train.epochs=2", "train.batch_size=32"]
 
 pytestmark = pytest.mark.slow
-
-
-def tiny_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """800 training and 300 test images: real Fashion-MNIST when the Debian mirror is here."""
-    if DEBIAN_MIRROR.is_dir():
-        train_images = idx.load_images(DEBIAN_MIRROR / "train-images-idx3-ubyte.gz")[:800]
-        train_labels = idx.load_labels(DEBIAN_MIRROR / "train-labels-idx1-ubyte.gz")[:800]
-        test_images = idx.load_images(DEBIAN_MIRROR / "t10k-images-idx3-ubyte.gz")[:300]
-        test_labels = idx.load_labels(DEBIAN_MIRROR / "t10k-labels-idx1-ubyte.gz")[:300]
-        return train_images, train_labels, test_images, test_labels
-    # Synthetic but learnable: class k is a bright bar at rows 2k..2k+3 plus noise.
-    generator = np.random.default_rng(0)
-    labels = generator.integers(0, 10, size=1100).astype(np.uint8)
-    images = generator.integers(0, 60, size=(1100, 28, 28)).astype(np.uint8)
-    for index, label in enumerate(labels):
-        images[index, 2 * label + 4 : 2 * label + 8, 4:24] = 230
-    return images[:800], labels[:800], images[800:], labels[800:]
 
 
 @pytest.fixture
