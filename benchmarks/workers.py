@@ -164,11 +164,11 @@ def compose_config(root: Path, overrides: list[str]) -> Any:
     """
     from hydra import compose, initialize
 
-    from fashion_cnn import config
+    from fashion_cnn import config, stage
 
-    config._register_stage_config(root)
+    stage.register_stage_config(root)
     with initialize(version_base="1.3", config_path=None):
-        composed = compose(config.STAGE_CONFIG_NAME, overrides=overrides)
+        composed = compose(stage.STAGE_CONFIG_NAME, overrides=overrides)
     return config.validate(config.to_plain_dict(composed))
 
 

@@ -26,7 +26,7 @@ import pytest
 from hydra import compose, initialize
 from PIL import Image
 
-from fashion_cnn import config, download, idx, prepare
+from fashion_cnn import config, download, idx, prepare, stage
 from fashion_cnn.idx import encode_idx
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -204,9 +204,9 @@ def make_config() -> Callable[..., config.ProjectConfig]:
     """Compose and validate what a stage runs with: params.yaml (the repo's or `root`'s) + overrides."""
 
     def compose_config(*overrides: str, root: Path = REPO_ROOT) -> config.ProjectConfig:
-        config._register_stage_config(root)
+        stage.register_stage_config(root)
         with initialize(version_base="1.3", config_path=None):
-            composed = compose(config.STAGE_CONFIG_NAME, overrides=list(overrides))
+            composed = compose(stage.STAGE_CONFIG_NAME, overrides=list(overrides))
         return config.validate(config.to_plain_dict(composed))
 
     return compose_config

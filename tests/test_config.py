@@ -16,7 +16,7 @@ import yaml
 from hydra import compose, initialize, initialize_config_dir
 from omegaconf import OmegaConf
 
-from fashion_cnn import config
+from fashion_cnn import config, stage
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,10 +44,10 @@ def test_conf_composed_with_defaults_equals_params_yaml() -> None:
 
 
 def compose_stage(*overrides: str) -> dict:
-    """Compose what a stage runs with (params.yaml + overrides), unvalidated, as config.stage_main does."""
-    config._register_stage_config(REPO_ROOT)
+    """Compose what a stage runs with (params.yaml + overrides), unvalidated, as stage.stage_main does."""
+    stage.register_stage_config(REPO_ROOT)
     with initialize(version_base="1.3", config_path=None):
-        composed = compose(config.STAGE_CONFIG_NAME, overrides=list(overrides))
+        composed = compose(stage.STAGE_CONFIG_NAME, overrides=list(overrides))
     return config.to_plain_dict(composed)
 
 

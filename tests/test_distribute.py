@@ -140,7 +140,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
     from fashion_cnn import config, data, distribute, train
 
     root = Path(sys.argv[1])
-    config._register_stage_config(root)
+    stage.register_stage_config(root)
     prepared = root / "data" / "prepared"
     train_split = data.load_split(prepared, "train")
     validation_split = data.load_split(prepared, "validation")
@@ -148,7 +148,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
     for strategy_name, batch_size in (("auto", int(sys.argv[2])), ("mirrored", int(sys.argv[3]))):
         overrides = [*sys.argv[4:], f"train.strategy={strategy_name}", f"train.batch_size={batch_size}"]
         with initialize(version_base="1.3", config_path=None):
-            composed = compose(config.STAGE_CONFIG_NAME, overrides=overrides)
+            composed = compose(stage.STAGE_CONFIG_NAME, overrides=overrides)
         run_config = config.validate(config.to_plain_dict(composed))
         strategy = distribute.make_strategy(strategy_name, "CPU")
         runtime = train.resolve_runtime(run_config.train, "CPU", strategy)

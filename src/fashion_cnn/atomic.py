@@ -15,7 +15,7 @@ from typing import Any
 
 from fashion_cnn.config import FashionCnnError
 
-# Ctrl-C and `kill`: both stop a stage (config.stage_main turns SIGTERM into KeyboardInterrupt).
+# Ctrl-C and `kill`: both stop a stage (stage.stage_main turns SIGTERM into KeyboardInterrupt).
 INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 

@@ -12,7 +12,8 @@ import sys
 import yaml
 
 from fashion_cnn import paths, tracking
-from fashion_cnn.config import FashionCnnError, run_cli, validate
+from fashion_cnn.config import FashionCnnError, validate
+from fashion_cnn.stage import run_cli
 
 # Always shown, whether or not they differ.
 METRIC_COLUMNS = {

@@ -1,27 +1,14 @@
-"""The typed schema of params.yaml, its validation, and the Hydra entry point every stage shares."""
+"""The typed schema of params.yaml and its validation with one-line errors (stage.py runs the stages)."""
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import functools
 import logging
-import os
-import re
-import signal
-import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import hydra
-import yaml
-from hydra.core.config_store import ConfigStore
-from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from fashion_cnn import paths
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +236,7 @@ class ProjectConfig(Strict):
 # ---- turning validation errors into one line ----
 
 
-def _allowed_keys(config_class: type[BaseModel], loc: tuple, raw: Any) -> list[str]:
+def allowed_keys(config_class: type[BaseModel], loc: tuple, raw: Any) -> list[str]:
     """Walk `loc` down the schema from `config_class` and list the keys allowed where it ends."""
     current: Any = config_class
     node = raw
@@ -311,7 +298,7 @@ def format_validation_error(error: ValidationError, raw: dict) -> str:
     key = _dotted(first["loc"]) or "params"
     value = first.get("input")
     if first["type"] == "extra_forbidden":
-        message = unknown_key_message(key, _allowed_keys(ProjectConfig, first["loc"], raw))
+        message = unknown_key_message(key, allowed_keys(ProjectConfig, first["loc"], raw))
     elif first["type"] == "union_tag_invalid":
         message = f"{key}.type = {value.get('type')!r}: unknown layer type (allowed: "
         message += ", ".join(LAYER_TYPES) + ")"
@@ -367,151 +354,3 @@ def save_resolved(config: ProjectConfig, path: Path) -> None:
 
     text = OmegaConf.to_yaml(OmegaConf.create(config.model_dump(mode="json")))
     write_text_atomic(path, text)
-
-
-# ---- the Hydra entry point ----
-
-STAGE_CONFIG_NAME = "fashion_cnn_stage"
-
-
-def _register_stage_config(root: Path) -> None:
-    """Primary config of every stage: params.yaml first, then optional conf/ presets on top.
-
-    Composing from params.yaml (not conf/config.yaml) is what keeps `dvc repro` honest: the
-    values DVC tracks are the values the stage runs with. The null group defaults let
-    `model=small_cnn` or `experiment=quick` swap in a preset from conf/ for ad-hoc runs. The
-    callback groups the MLflow runs of a `-m` sweep under one parent run.
-    """
-    node = {
-        "defaults": ["_self_", "params", {"model": None}, {"experiment": None}],
-        "hydra": {
-            "searchpath": [f"file://{root}", f"file://{root / 'conf'}"],
-            "callbacks": {"mlflow_sweep": {"_target_": "fashion_cnn.sweep.ParentRunCallback"}},
-        },
-    }
-    ConfigStore.instance().store(name=STAGE_CONFIG_NAME, node=node)
-
-
-def check_params_file(path: Path) -> Any:
-    """Parse params.yaml before Hydra does, so a syntax error is one line with its line number."""
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
-
-
-def format_override_error(error: Exception, raw: Any) -> str:
-    """One line for a command-line override Hydra cannot apply: a typo in a key, an unknown preset."""
-    from hydra.errors import MissingConfigException
-
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    unknown = re.match(r"Could not override '([^']+)'", first_line)
-    if unknown and "not in struct" in str(error.__cause__):
-        key = unknown.group(1)
-        loc = tuple(int(part) if part.isdigit() else part for part in key.split("."))
-        allowed = _allowed_keys(ProjectConfig, loc, raw if isinstance(raw, dict) else {})
-        return f"invalid params: {unknown_key_message(key, allowed)}"
-    if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:
-        group, _, name = error.missing_cfg_file.rpartition("/")
-        allowed = ", ".join(error.options)
-        return f"invalid params: {group}={name}: no such preset in conf/{group} (allowed: {allowed})"
-    cause = str(error.__cause__).strip().splitlines()[0] if error.__cause__ else ""
-    override = getattr(error, "override", None)
-    which = f" {override!r}" if override and override not in first_line else ""
-    return f"invalid command-line override{which}: {first_line}" + (f" ({cause})" if cause else "")
-
-
-# Hydra's switch between printing its errors (over several lines, then exit 1) and raising them.
-HYDRA_FULL_ERROR = "HYDRA_FULL_ERROR"
-
-
-@contextlib.contextmanager
-def _hydra_errors_raised() -> Iterator[None]:
-    """Make Hydra raise its composition errors (it prints them over several lines and exits by default).
-
-    A user who set HYDRA_FULL_ERROR=1 keeps Hydra's full report.
-    """
-    previous = os.environ.get(HYDRA_FULL_ERROR)
-    os.environ[HYDRA_FULL_ERROR] = "1"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(HYDRA_FULL_ERROR, None)
-        else:
-            os.environ[HYDRA_FULL_ERROR] = previous
-
-
-# The shell's convention for a process ended by SIGINT (128 + 2).
-INTERRUPTED_EXIT_CODE = 130
-
-
-def _interrupt(signal_number: int, frame: Any) -> None:
-    """Turn SIGTERM into KeyboardInterrupt, so `kill` unwinds like Ctrl-C (MLflow run ends KILLED)."""
-    raise KeyboardInterrupt
-
-
-def stage_main(task: Callable[[ProjectConfig, paths.ProjectPaths], Any]) -> Callable[[], None]:
-    """Wrap `task(config, project_paths)` as a Hydra app over params.yaml with one-line errors."""
-
-    @functools.wraps(task)
-    def entry() -> None:
-        try:
-            project = paths.project_paths()
-        except FileNotFoundError as error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(1)
-        try:
-            raw_params = check_params_file(project.params_file)
-        except ConfigError as error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(1)
-        _register_stage_config(project.root)
-
-        @hydra.main(version_base="1.3", config_path=None, config_name=STAGE_CONFIG_NAME)
-        def hydra_app(cfg: DictConfig) -> None:
-            try:
-                config = validate(to_plain_dict(cfg))
-                task(config, project)
-            except FashionCnnError as error:
-                print(f"error: {error}", file=sys.stderr)
-                sys.exit(1)
-            except KeyboardInterrupt:
-                # Outputs are written atomically, so nothing half-written is left for DVC to take.
-                print("error: interrupted; no output of this stage was completed", file=sys.stderr)
-                sys.exit(INTERRUPTED_EXIT_CODE)
-
-        signal.signal(signal.SIGTERM, _interrupt)
-        user_wants_full_error = os.environ.get(HYDRA_FULL_ERROR) == "1"
-        try:
-            with _hydra_errors_raised():
-                hydra_app()
-        except HydraException as error:
-            if user_wants_full_error:
-                raise
-            print(f"error: {format_override_error(error, raw_params)}", file=sys.stderr)
-            sys.exit(1)
-
-    return entry
-
-
-def run_cli(action: Callable[[], str]) -> int:
-    """Print what `action` returns and give exit code 0; a FashionCnnError is one `error:` line, exit 1."""
-    try:
-        print(action())
-    except FashionCnnError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def hydra_overrides() -> list[str]:
-    """The command-line overrides of the current Hydra run (empty outside Hydra)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return []
-    return list(HydraConfig.get().overrides.task)

@@ -15,8 +15,9 @@ import mlflow
 
 from fashion_cnn import paths, tracking
 from fashion_cnn.atomic import write_bytes_atomic
-from fashion_cnn.config import DataError, ProjectConfig, hydra_overrides, stage_main
+from fashion_cnn.config import DataError, ProjectConfig
 from fashion_cnn.idx import gunzip
+from fashion_cnn.stage import hydra_overrides, stage_main
 
 log = logging.getLogger(__name__)
 

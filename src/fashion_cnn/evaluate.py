@@ -18,8 +18,9 @@ from sklearn import metrics as sklearn_metrics  # noqa: E402
 
 from fashion_cnn import CLASS_NAMES, paths, plotting, tracking  # noqa: E402
 from fashion_cnn.atomic import write_json_atomic, write_text_atomic  # noqa: E402
-from fashion_cnn.config import DataError, ProjectConfig, stage_main  # noqa: E402
+from fashion_cnn.config import DataError, ProjectConfig  # noqa: E402
 from fashion_cnn.data import Split, load_split  # noqa: E402
+from fashion_cnn.stage import stage_main  # noqa: E402
 
 PREDICT_BATCH = 1000
 

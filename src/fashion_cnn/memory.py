@@ -20,16 +20,9 @@ from typing import Any
 
 from fashion_cnn import paths
 from fashion_cnn.atomic import write_json_atomic, write_text_atomic
-from fashion_cnn.config import (
-    ConvLayer,
-    DenseLayer,
-    ModelConfig,
-    PoolLayer,
-    ProjectConfig,
-    hydra_overrides,
-    stage_main,
-)
+from fashion_cnn.config import ConvLayer, DenseLayer, ModelConfig, PoolLayer, ProjectConfig
 from fashion_cnn.model import infer_shapes, layer_multiply_adds, spatial_output
+from fashion_cnn.stage import hydra_overrides, stage_main
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,9 @@ from keras import layers  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from fashion_cnn import CLASS_NAMES, paths, plotting, tracking  # noqa: E402
-from fashion_cnn.config import DataError, ProjectConfig, stage_main  # noqa: E402
+from fashion_cnn.config import DataError, ProjectConfig  # noqa: E402
 from fashion_cnn.data import Split, load_split  # noqa: E402
+from fashion_cnn.stage import stage_main  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -9,16 +9,10 @@ import mlflow
 import numpy as np
 
 from fashion_cnn import paths, tracking
-from fashion_cnn.config import (
-    ConfigError,
-    DataConfig,
-    DataError,
-    ProjectConfig,
-    hydra_overrides,
-    stage_main,
-)
+from fashion_cnn.config import ConfigError, DataConfig, DataError, ProjectConfig
 from fashion_cnn.data import STATS_FILE, Split, save_npz
 from fashion_cnn.idx import load_images, load_labels
+from fashion_cnn.stage import hydra_overrides, stage_main
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from fashion_cnn import paths
 from fashion_cnn.atomic import write_text_atomic
-from fashion_cnn.config import FashionCnnError, run_cli
+from fashion_cnn.config import FashionCnnError
+from fashion_cnn.stage import run_cli
 
 # Each profile: the Hydra overrides composed into params.yaml, and where its reported metrics live.
 PROFILES = {

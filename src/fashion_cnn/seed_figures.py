@@ -20,7 +20,8 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from fashion_cnn import convolution_examples, paths, plotting, tracking  # noqa: E402
-from fashion_cnn.config import ProjectConfig, hydra_overrides, stage_main  # noqa: E402
+from fashion_cnn.config import ProjectConfig  # noqa: E402
+from fashion_cnn.stage import hydra_overrides, stage_main  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ from typing import Any
 
 from fashion_cnn import paths, tracking
 from fashion_cnn.atomic import write_text_atomic
-from fashion_cnn.config import FashionCnnError, run_cli
+from fashion_cnn.config import FashionCnnError
+from fashion_cnn.stage import run_cli
 
 SWEEP_EXPERIMENT = "fashion-cnn-recipe"
 # The targets: at most 15 minutes of training, at least 0.94 test accuracy.

@@ -25,17 +25,10 @@ import tensorflow as tf  # noqa: E402
 
 from fashion_cnn import checkpoint, distribute, memory, paths, recipe, tracking  # noqa: E402
 from fashion_cnn.atomic import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
-from fashion_cnn.config import (  # noqa: E402
-    ConfigError,
-    FashionCnnError,
-    ProjectConfig,
-    TrainConfig,
-    hydra_overrides,
-    save_resolved,
-    stage_main,
-)
+from fashion_cnn.config import ConfigError, FashionCnnError, ProjectConfig, TrainConfig, save_resolved  # noqa: E402
 from fashion_cnn.data import Split, load_split  # noqa: E402
 from fashion_cnn.model import build_model, count_parameters, describe  # noqa: E402
+from fashion_cnn.stage import hydra_overrides, stage_main  # noqa: E402
 
 log = logging.getLogger(__name__)
 
