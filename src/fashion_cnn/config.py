@@ -37,13 +37,19 @@ class Strict(BaseModel):
 # ---- model layers: the architecture is data, one entry per Keras layer ----
 
 
-class ConvLayer(Strict):
-    type: Literal["conv"]
+class ConvFields(Strict):
+    """What every convolution entry has (not a layer type itself: subclasses narrow `type`)."""
+
+    type: str
     filters: PositiveInt
     kernel_size: PositiveInt
     strides: PositiveInt = 1
     padding: Literal["same", "valid"] = "same"
     activation: Literal[ACTIVATIONS] = "relu"
+
+
+class ConvLayer(ConvFields):
+    type: Literal["conv"]
 
 
 class PoolLayer(Strict):
@@ -87,15 +93,10 @@ class GlobalAvgPoolLayer(Strict):
     type: Literal["global_avg_pool"]
 
 
-class SeparableConvLayer(Strict):
+class SeparableConvLayer(ConvFields):
     """Depthwise-separable convolution: one kernel per input channel, then a 1x1 conv mixing channels."""
 
     type: Literal["separable_conv"]
-    filters: PositiveInt
-    kernel_size: PositiveInt
-    strides: PositiveInt = 1
-    padding: Literal["same", "valid"] = "same"
-    activation: Literal[ACTIVATIONS] = "relu"
     # Depthwise outputs per input channel.
     depth_multiplier: PositiveInt = 1
 
