@@ -571,6 +571,32 @@ def test_signals_during_a_group_of_writes_wait_until_it_is_written() -> None:
     assert written == ["first", "second"]
 
 
+@pytest.mark.parametrize("failure", ["full disk", "interrupt"])
+def test_files_written_together_are_all_replaced_or_none_is(
+    failure: str, small_tmpfs, tmp_path: Path
+) -> None:
+    folder = tmp_path / "prepared"
+    small_tmpfs(folder, "64k")
+    first, second = folder / "train.npz", folder / "stats.npz"
+    for path in (first, second):
+        data.save_npz(path, values=np.zeros(4, np.uint8))
+    before = {path.name: path.read_bytes() for path in (first, second)}
+    expected = config.FashionCnnError if failure == "full disk" else KeyboardInterrupt
+    with pytest.raises(expected), atomic.together():
+        data.save_npz(first, values=np.ones(4, np.uint8))  # written, its rename held back
+        if failure == "interrupt":
+            os.kill(os.getpid(), signal.SIGINT)
+        data.save_npz(second, values=np.ones((100, 28, 28), np.float32))  # 314 KB: does not fit
+    # Nothing replaced, no temp file left: the old pair is still a consistent pair.
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+    # Without a failure both are replaced.
+    with atomic.together():
+        data.save_npz(first, values=np.ones(4, np.uint8))
+        data.save_npz(second, values=np.ones(4, np.uint8))
+    assert sorted(path.name for path in folder.iterdir()) == ["stats.npz", "train.npz"]
+    assert all(data.load_npz(path, ("values",))["values"].sum() == 4 for path in (first, second))
+
+
 # ---- unsafe forms must not come back ----
 
 SAFETY_SCAN = ("src", "tests", "Makefile", ".ci", ".github", "dvc.yaml", "pyproject.toml")

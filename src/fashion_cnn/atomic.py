@@ -1,8 +1,13 @@
-"""Atomic file writes: a temp file in the same folder, then os.replace, so readers never see half a file."""
+"""Atomic file writes: a temp file in the same folder, then os.replace, so readers never see half a file.
+
+`together()` groups several writes: their renames wait until every file of the group is written, so
+an error or an interruption leaves all the previous files, never a mix of old and new ones.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import json
 import os
@@ -17,6 +22,11 @@ from fashion_cnn.config import FashionCnnError
 
 # Ctrl-C and `kill`: both stop a stage (stage.stage_main turns SIGTERM into KeyboardInterrupt).
 INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+# The (temp file, final path) renames of the innermost `together()` block, or None outside one.
+_pending_renames: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar(
+    "pending_renames", default=None
+)
 
 
 @contextlib.contextmanager
@@ -39,7 +49,11 @@ def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
     os.chmod(temp_path, 0o666 & ~umask)
     try:
         yield temp_path
-        os.replace(temp_path, path)
+        pending = _pending_renames.get()
+        if pending is None:
+            os.replace(temp_path, path)
+        else:
+            pending.append((temp_path, path))
     except OSError as error:
         # A full disk, a quota, a read-only or vanished folder: the user's to fix, so one line.
         temp_path.unlink(missing_ok=True)
@@ -47,6 +61,31 @@ def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
     except BaseException:
         temp_path.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def together() -> Iterator[None]:
+    """Write every file of the block with atomic_path, then rename them all at once (signals held back).
+
+    A failure or an interruption inside the block removes the temp files and replaces nothing.
+    """
+    pending: list[tuple[Path, Path]] = []
+    token = _pending_renames.set(pending)
+    try:
+        yield
+    except BaseException:
+        for temp_path, _ in pending:
+            temp_path.unlink(missing_ok=True)
+        raise
+    finally:
+        _pending_renames.reset(token)
+    with signals_deferred():
+        for temp_path, path in pending:
+            try:
+                os.replace(temp_path, path)
+            except OSError as error:
+                temp_path.unlink(missing_ok=True)
+                raise write_error(path, error) from None
 
 
 @contextlib.contextmanager

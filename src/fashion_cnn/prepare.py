@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from fashion_cnn import paths, tracking
+from fashion_cnn import atomic, paths, tracking
 from fashion_cnn.config import ConfigError, DataConfig, DataError, ProjectConfig
 from fashion_cnn.data import STATS_FILE, Split, save_npz
 from fashion_cnn.idx import load_images, load_labels
@@ -79,9 +79,11 @@ def prepare(raw_dir: Path, prepared_dir: Path, data_config: DataConfig) -> dict[
     splits, mean, std = split_and_standardize(
         train_images, train_labels, test_images, test_labels, data_config
     )
-    for name, split in splits.items():
-        save_npz(prepared_dir / f"{name}.npz", images=split.images, labels=split.labels)
-    save_npz(prepared_dir / STATS_FILE, mean=mean, std=std)
+    # All four files or none: an interrupted prepare never leaves new splits beside old statistics.
+    with atomic.together():
+        for name, split in splits.items():
+            save_npz(prepared_dir / f"{name}.npz", images=split.images, labels=split.labels)
+        save_npz(prepared_dir / STATS_FILE, mean=mean, std=std)
     sizes = {name: len(split.labels) for name, split in splits.items()}
     log.info("prepared %s", ", ".join(f"{name}: {size}" for name, size in sizes.items()))
     return sizes
