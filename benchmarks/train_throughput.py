@@ -33,8 +33,9 @@ from benchmarks import default_report_path, machine, pipeline_timing
 from benchmarks.workers import SEED_BATCH_SIZE, SPAWNED_AT_ENV_VAR, compose_config
 from fashion_cnn import download, paths, prepare
 from fashion_cnn.atomic import write_json_atomic
-from fashion_cnn.config import FashionCnnError, run_cli
+from fashion_cnn.config import FashionCnnError
 from fashion_cnn.model import count_parameters
+from fashion_cnn.stage import run_cli
 
 # The folder holding the `benchmarks` package: workers import it from there.
 BENCHMARKS_PARENT = Path(__file__).resolve().parents[1]

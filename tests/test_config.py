@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pytest
 import yaml
 from hydra import compose, initialize, initialize_config_dir
 from omegaconf import OmegaConf
+from servers import free_port
 
 from fashion_cnn import config, stage
 
@@ -243,10 +243,7 @@ def test_unparseable_params_yaml_is_one_line(cli_runs) -> None:
 
 def test_unreachable_tracking_server_fails_fast_naming_the_uri(project: Path, monkeypatch) -> None:
     """No long MLflow retry loop: one line naming MLFLOW_TRACKING_URI, before any work."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # Closed again on exit: nothing listens there.
-    uri = f"http://127.0.0.1:{port}"
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     started = time.monotonic()
     result = subprocess.run(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -15,6 +14,7 @@ import mlflow
 import pytest
 import yaml
 from conftest import tiny_arrays
+from servers import free_port
 
 from fashion_cnn import config, data, distribute, prepare
 
@@ -190,13 +190,6 @@ def test_mirrored_on_two_logical_cpus_trains_like_one_device(tmp_path: Path, rep
     assert double["val_accuracy"] == pytest.approx(single["val_accuracy"], abs=ACCURACY_TOLERANCE)
     # It learned: far better than the 10% of guessing.
     assert double["val_accuracy"] > 0.3
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:

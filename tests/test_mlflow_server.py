@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import DEBIAN_MIRROR, HAS_DATASET, VENV_BIN, MlflowServer, free_port, make_synthetic_raw
+from conftest import DEBIAN_MIRROR, HAS_DATASET, make_synthetic_raw
 from PIL import Image
+from servers import VENV_BIN, MlflowServer, free_port
 
 from fashion_cnn import config as config_module
 from fashion_cnn import data, download, predict, prepare

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import free_port
+from servers import free_port
 
 from fashion_cnn import tracking
 
