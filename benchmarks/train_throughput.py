@@ -73,9 +73,9 @@ CPU_VARIANTS = (
     Variant("jit_compile", "train.jit_compile=on (XLA on the CPU)", "project", ("train.jit_compile=on",)),
     Variant(
         "inter_op_1",
-        "TF_NUM_INTEROP_THREADS=1 (intra-op threads stay at TensorFlow's default, one per core)",
+        "train.inter_op_threads=1 (experiment=cpu_fast: one op at a time, each on every core)",
         "project",
-        environment={"TF_NUM_INTEROP_THREADS": "1"},
+        ("train.inter_op_threads=1",),
     ),
     Variant(
         "onednn_off",

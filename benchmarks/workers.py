@@ -179,7 +179,7 @@ def run_project(arguments: argparse.Namespace) -> dict[str, Any]:
 
     imported = time.time()
     project_config = compose_config(Path(arguments.root), arguments.override)
-    device = train.select_device(project_config.train.device)
+    device = train.select_device(project_config.train.device, project_config.train.inter_op_threads)
     strategy = distribute.make_strategy(project_config.train.strategy, device)
     runtime = train.resolve_runtime(project_config.train, device, strategy)
     train.seed_everything(project_config.seed, project_config.train.deterministic)

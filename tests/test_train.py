@@ -108,9 +108,17 @@ def test_same_seed_gives_identical_metrics_and_another_seed_does_not(tiny_projec
         # Everything but the wall-clock column.
         return "\n".join(row.rsplit(",", 1)[0] for row in rows)
 
+    def inter_op_threads_used() -> str:
+        run_id = json.loads((tiny_project / "data/model/mlflow_run.json").read_text())["run_id"]
+        return mlflow.MlflowClient().get_run(run_id).data.params["runtime.inter_op_threads"]
+
     first = history_after()
+    assert inter_op_threads_used() == "0"
     assert history_after() == first
     assert history_after("seed=7") != first
+    # One op at a time (experiment=cpu_fast) is a speed setting only: the numbers stay the same.
+    assert history_after("train.inter_op_threads=1") == first
+    assert inter_op_threads_used() == "1"
 
 
 def test_diverging_loss_stops_with_a_clear_error(tiny_project: Path):

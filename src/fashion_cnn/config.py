@@ -201,6 +201,8 @@ class TrainConfig(Strict):
     mixed_precision: Literal["none", "auto", "mixed_float16", "mixed_bfloat16"]
     jit_compile: Literal["off", "on", "auto"]
     steps_per_execution: PositiveInt
+    # TensorFlow's inter-op thread pool: 0 is TensorFlow's own choice (one thread per core).
+    inter_op_threads: Annotated[int, Field(ge=0)]
     deterministic: bool
     # The recipe beyond the seed's (all off by default): see fashion_cnn.schedules and .augmentation.
     schedule: ScheduleConfig
