@@ -73,7 +73,7 @@ CPU_VARIANTS = (
     Variant("jit_compile", "train.jit_compile=on (XLA on the CPU)", "project", ("train.jit_compile=on",)),
     Variant(
         "inter_op_1",
-        "train.inter_op_threads=1 (experiment=cpu_fast: one op at a time, each on every core)",
+        "train.inter_op_threads=1 (one op at a time, each on every core)",
         "project",
         ("train.inter_op_threads=1",),
     ),

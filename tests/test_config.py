@@ -80,12 +80,6 @@ def test_quick_experiment_is_small_cnn_with_its_overrides(make_config) -> None:
 
 
 
-def test_cpu_fast_experiment_changes_only_the_inter_op_threads() -> None:
-    expected = committed_params()
-    expected["train"]["inter_op_threads"] = 1
-    assert compose_conf("experiment=cpu_fast") == expected
-    assert compose_stage("experiment=cpu_fast") == expected
-
 def test_real_entry_point_runs_with_the_projects_params_yaml(project: Path, run_stage) -> None:
     # Edit the temp project's params.yaml: the stage must compose exactly it (plus the command line).
     params_file = project / "params.yaml"

@@ -116,7 +116,7 @@ def test_same_seed_gives_identical_metrics_and_another_seed_does_not(tiny_projec
     assert inter_op_threads_used() == "0"
     assert history_after() == first
     assert history_after("seed=7") != first
-    # One op at a time (experiment=cpu_fast) is a speed setting only: the numbers stay the same.
+    # One op at a time is a speed setting only: the numbers stay the same.
     assert history_after("train.inter_op_threads=1") == first
     assert inter_op_threads_used() == "1"
 
