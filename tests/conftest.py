@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -60,6 +61,12 @@ def tiny_arrays(
 
 
 # ---- isolation ----
+
+# Started in the background by a non-interactive shell (`make test &`), the tests inherit SIGINT
+# ignored, and so would every stage they start. Several tests send SIGINT on purpose (Ctrl-C), so
+# give this process Python's handler back; the processes it starts then get the default action.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

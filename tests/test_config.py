@@ -79,7 +79,6 @@ def test_quick_experiment_is_small_cnn_with_its_overrides(make_config) -> None:
     assert compose_stage("experiment=quick") == expected
 
 
-
 def test_real_entry_point_runs_with_the_projects_params_yaml(project: Path, run_stage) -> None:
     # Edit the temp project's params.yaml: the stage must compose exactly it (plus the command line).
     params_file = project / "params.yaml"
