@@ -137,7 +137,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
     from hydra import compose, initialize
-    from fashion_cnn import config, data, distribute, train
+    from fashion_cnn import config, data, distribute, stage, train
 
     root = Path(sys.argv[1])
     stage.register_stage_config(root)
