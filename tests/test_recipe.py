@@ -353,12 +353,17 @@ def test_sweep_report_tables_the_runs_and_draws_the_frontier(project: Path, png_
     assert not (project / "reports/recipe").exists()
 
     mlflow.set_experiment(sweep_report.SWEEP_EXPERIMENT)
-    log_training_run("small_vgg e3", {"model.name": "small_vgg", "train.epochs": 3},
+    # runtime.* params are derived from train.* (here: the learning rate on 1 replica): not columns.
+    log_training_run("small_vgg e3", {"model.name": "small_vgg", "train.epochs": 3,
+                                      "runtime.learning_rate": 0.004},
                      {"val_accuracy": 0.9211, "train_seconds": 400.0})  # fmt: skip
-    log_training_run("small_resnet e5", {"model.name": "small_resnet", "train.epochs": 5},
+    log_training_run("small_resnet e5", {"model.name": "small_resnet", "train.epochs": 5,
+                                         "runtime.learning_rate": 0.008},
                      {"val_accuracy": 0.9402, "train_seconds": 840.0, "test_accuracy": 0.9391})  # fmt: skip
     log_training_run("crashed", {"model.name": "small_vgg", "train.epochs": 9},
                      {"val_accuracy": 0.5, "train_seconds": 30.0}, status="FAILED")  # fmt: skip
+    # A multirun's parent run: tagged like its jobs, but it trains nothing and logs no metrics.
+    log_training_run("sweep model=small_vgg,small_resnet", {}, {})
 
     assert sweep_report.main([]) == 0
     rows = list(csv.DictReader((project / "reports/recipe/sweep.csv").open()))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,11 @@ SWEEP_EXPERIMENT = "fashion-cnn-recipe"
 # The issue's targets: at most 15 minutes of training, at least 0.94 test accuracy.
 BUDGET_MINUTES = 15.0
 TARGET_ACCURACY = 0.94
-# Described by model.name and model.parameters already; one column per layer key would drown the table.
-HIDDEN_PARAM_PREFIXES = ("model.layers.", "model.summary")
+# Described by model.name and model.parameters already (one column per layer key would drown the
+# table), or derived from the train.* params (runtime.learning_rate is train.learning_rate on 1 replica).
+HIDDEN_PARAM_PREFIXES = ("model.layers.", "model.summary", "runtime.")
+# Columns of the table that the frontier's point labels leave out (model.name says it already).
+UNLABELLED_COLUMNS = ("model.parameters",)
 # The table's own columns; every other column is a param that varied.
 REPORT_COLUMNS = ("run", "val_accuracy", "test_accuracy", "train_minutes", "run_id")
 CSV_FILE = "sweep.csv"
@@ -40,6 +44,9 @@ def sweep_runs(experiment_name: str) -> Any:  # -> pandas.DataFrame (imported by
         filter_string="attributes.status = 'FINISHED' and tags.stage = 'train'",
         order_by=["attributes.start_time ASC"],
     )
+    # A multirun's parent run (fashion_cnn.sweep) groups its jobs and trains nothing: it has no train_seconds.
+    if "metrics.train_seconds" in runs:
+        runs = runs[runs["metrics.train_seconds"].notna()]
     if runs.empty or "metrics.train_seconds" not in runs:
         raise FashionCnnError(
             f"no finished training runs in MLflow experiment '{experiment_name}' at "
@@ -52,7 +59,7 @@ def sweep_table(runs: Any) -> Any:  # -> pandas.DataFrame
     """Run name, the params that differ between runs, val/test accuracy and training minutes."""
     varied = [
         column
-        for column in runs.columns
+        for column in sorted(runs.columns)
         if column.startswith("params.")
         and not column.removeprefix("params.").startswith(HIDDEN_PARAM_PREFIXES)
         and runs[column].astype(str).nunique(dropna=False) > 1
@@ -70,17 +77,23 @@ def sweep_table(runs: Any) -> Any:  # -> pandas.DataFrame
 
 def point_label(row: Any, varied: list[str]) -> str:
     """What sets a run apart, e.g. 'small_resnet epochs=5' (the last part of each varied key)."""
-    parts = [
-        str(row[key]) if key == "model.name" else f"{key.rsplit('.', 1)[-1]}={row[key]}" for key in varied
+    model_name = [str(row[key]) for key in varied if key == "model.name"]
+    settings = [
+        f"{key.rsplit('.', 1)[-1]}={row[key]}"
+        for key in varied
+        if key not in ("model.name", *UNLABELLED_COLUMNS)
     ]
-    return " ".join(parts)
+    return " ".join(model_name + settings)
 
 
 def frontier_figure(table: Any):  # -> matplotlib Figure
-    """Validation accuracy against training minutes, one point per run; finalists' test accuracy too."""
+    """Validation accuracy against training minutes, one numbered point per run; finalists' test accuracy too.
+
+    The numbers refer to a key beside the plot (one line per run), so long labels never overlap.
+    """
     from fashion_cnn import plotting
 
-    figure = plotting.new_figure(8.5, 5.5)
+    figure = plotting.new_figure(11.5, 5.5)
     axes = figure.add_subplot()
     minutes, validation = table["train_minutes"].to_numpy(), table["val_accuracy"].to_numpy()
     axes.scatter(minutes, validation, color="tab:blue", zorder=3, label="validation accuracy (each run)")
@@ -95,18 +108,30 @@ def frontier_figure(table: Any):  # -> matplotlib Figure
     best = [validation[order[: index + 1]].max() for index in range(len(order))]
     axes.step(minutes[order], best, where="post", color="tab:blue", alpha=0.5, label="frontier (validation)")
     varied = [column for column in table.columns if column not in REPORT_COLUMNS]
-    for _, row in table.iterrows():
+    key = []
+    for number, (_, row) in enumerate(table.iterrows(), start=1):
         axes.annotate(
-            point_label(row, varied), (row["train_minutes"], row["val_accuracy"]),
-            textcoords="offset points", xytext=(5, -11), fontsize=7, color="#404040",
+            str(number), (row["train_minutes"], row["val_accuracy"]),
+            textcoords="offset points", xytext=(4, 4), fontsize=8, color="#202020",
         )  # fmt: skip
+        tested = not math.isnan(row["test_accuracy"])
+        finalist = f", test {row['test_accuracy']:.4f}" if tested else ""
+        key.append(
+            f"{number}  {point_label(row, varied)}\n"
+            f"   {row['train_minutes']:.1f} min, val {row['val_accuracy']:.4f}{finalist}"
+        )
+    axes.text(
+        1.03, 1.0, "\n".join(key), transform=axes.transAxes, va="top", ha="left",
+        fontsize=7.5, family="monospace", linespacing=1.5,
+    )  # fmt: skip
     axes.axvline(BUDGET_MINUTES, color="gray", linestyle="--", linewidth=1)
     axes.axhline(TARGET_ACCURACY, color="gray", linestyle=":", linewidth=1)
+    axes.margins(x=0.08, y=0.08)
     axes.set_xlabel("Training time (minutes, 2 CPU cores)")
     axes.set_ylabel("Accuracy")
     axes.set_title("Recipe sweep: accuracy against training time (budget 15 min, target 0.94)")
     axes.grid(True, alpha=0.3)
-    axes.legend(loc="lower right")
+    axes.legend(loc="upper left", fontsize=8)
     return figure
 
 
