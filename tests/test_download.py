@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from pathlib import Path
@@ -109,6 +110,20 @@ def test_local_mirror_directory_is_a_source(
     assert set(used.values()) == {str(synthetic_raw.directory)}
     for name, payload in synthetic_raw.gz_bytes.items():
         assert (destination / f"{name}.gz").read_bytes() == payload
+
+
+def test_checksum_mismatch_in_a_local_mirror_names_the_file_and_writes_nothing(
+    synthetic_raw, tmp_path: Path
+) -> None:
+    # The synthetic file has the expected size but not the expected checksum (no real dataset needed).
+    expected = dataclasses.replace(synthetic_raw.files[1], sha256="0" * 64)
+    destination = tmp_path / "dest"
+    with pytest.raises(DataError) as raised:
+        download.download_file(expected, [str(synthetic_raw.directory)], TIMEOUT_SECONDS, destination)
+    label = f"{synthetic_raw.path(expected.name)}: checksum mismatch"
+    assert f"(tried: {label} (sha256 " in str(raised.value)
+    assert "expected 0000000000000000...)" in str(raised.value)
+    assert files_in(destination) == []
 
 
 def test_mirror_env_var_is_tried_before_configured_sources(

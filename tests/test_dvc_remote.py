@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DEBIAN_MIRROR, needs_dataset
+from conftest import DATASET_DIR, needs_dataset
 
 from fashion_cnn import download
 
@@ -47,7 +47,7 @@ def test_dvc_push_then_pull_in_a_fresh_clone_restores_everything_without_retrain
     dvc_project: Path, tmp_path: Path, run_command, git_commit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     project = dvc_project
-    monkeypatch.setenv(download.MIRROR_ENV_VAR, str(DEBIAN_MIRROR))
+    monkeypatch.setenv(download.MIRROR_ENV_VAR, str(DATASET_DIR))
     tiny_quick_params(project)
     git_commit(project, "tiny quick params")
 

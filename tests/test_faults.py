@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DEBIAN_MIRROR, needs_dataset
+from conftest import DATASET_DIR, needs_dataset
 
 from fashion_cnn import download
 
@@ -43,7 +43,7 @@ def tiny_params(project: Path) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["model"] = yaml.safe_load((project / "conf" / "model" / "small_cnn.yaml").read_text())
     params["data"].update(
-        sources=[str(DEBIAN_MIRROR)], validation_size=200, max_train_images=500, max_test_images=200
+        sources=[str(DATASET_DIR)], validation_size=200, max_train_images=500, max_test_images=200
     )
     params["train"].update(epochs=EPOCHS, batch_size=50)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -134,7 +134,7 @@ def history_without_seconds(path: Path) -> list[list[str]]:
 def slow_mirror(http_mirror) -> Iterator:
     """The HTTP mirror serving the real files in 'slow' mode: a request hangs until release is set."""
     for item in download.FILES:
-        http_mirror.files[item.name] = (DEBIAN_MIRROR / f"{item.name}.gz").read_bytes()
+        http_mirror.files[item.name] = (DATASET_DIR / f"{item.name}.gz").read_bytes()
     http_mirror.server.slow_seconds = 300
     yield http_mirror
 
@@ -163,7 +163,7 @@ def test_interrupted_stages_leave_nothing_finished_and_the_next_repro_completes(
     assert locked_stages(project) == {"download"}
     for item in download.FILES:
         name = f"{item.name}.gz"
-        assert (project / "data/raw" / name).read_bytes() == (DEBIAN_MIRROR / name).read_bytes()
+        assert (project / "data/raw" / name).read_bytes() == (DATASET_DIR / name).read_bytes()
 
     # Ctrl-C during download (a request hanging on the slow mirror).
     slow_mirror.server.release.clear()
@@ -187,7 +187,7 @@ def test_interrupted_stages_leave_nothing_finished_and_the_next_repro_completes(
     assert "interrupted" in output, output
     for item in download.FILES:
         name = f"{item.name}.gz"
-        assert (project / "data/raw" / name).read_bytes() == (DEBIAN_MIRROR / name).read_bytes()
+        assert (project / "data/raw" / name).read_bytes() == (DATASET_DIR / name).read_bytes()
     assert locked_stages(project) == {"download"}
     assert latest_stage_run(store, "prepare")[1] == "KILLED"
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import DEBIAN_MIRROR, HAS_DATASET, make_synthetic_raw
+from conftest import DATASET_DIR, HAS_DATASET, make_synthetic_raw, missing_requirement
 from PIL import Image
 from servers import VENV_BIN, MlflowServer, free_port
 
@@ -61,10 +61,10 @@ class TinyProject:
 
 @pytest.fixture(scope="module")
 def tiny_project(tmp_path_factory: pytest.TempPathFactory, project_copier) -> TinyProject:
-    """Real Fashion-MNIST from the Debian mirror when installed (else synthetic files), prepared as
-    the prepare stage would with TINY_DATA."""
+    """Real Fashion-MNIST from DATASET_DIR when there (else synthetic files), prepared as the
+    prepare stage would with TINY_DATA."""
     root = project_copier(tmp_path_factory.mktemp("tiny") / "project")
-    raw_dir = DEBIAN_MIRROR
+    raw_dir = DATASET_DIR
     if not HAS_DATASET:
         raw_dir = make_synthetic_raw(root.parent / "raw", n_train=1600, n_test=500).directory
     params = config_module.validate(yaml.safe_load((root / "params.yaml").read_text()))
@@ -263,7 +263,21 @@ def table_rows(dom: str) -> list[list[str]]:
     return rows
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make browser installs it)")
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium; a missing requirement where it is not installed.
+
+    Session-scoped, so that it is checked before the module's servers start and models train.
+    """
+    if CHROMIUM is None:
+        missing_requirement(
+            "needs Debian's chromium as `chromium` on PATH: `make browser` (as root) or "
+            "`sudo apt-get install chromium` installs it"
+        )
+    return CHROMIUM
+
+
+@pytest.mark.usefixtures("chromium")
 def test_compare_view_in_headless_chromium_shows_both_runs_and_the_differing_param(
     trained_runs: TrainedRuns, tmp_path: Path, png_check
 ) -> None:

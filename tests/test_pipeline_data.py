@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from conftest import DEBIAN_MIRROR, needs_dataset
+from conftest import DATASET_DIR, needs_dataset
 
 from fashion_cnn import data, download
 
@@ -57,14 +57,14 @@ def test_dvc_repro_download_and_prepare(
 
     edit_params(project, shrink)
     git_commit(project, "small, offline params")
-    monkeypatch.setenv(download.MIRROR_ENV_VAR, str(DEBIAN_MIRROR))
+    monkeypatch.setenv(download.MIRROR_ENV_VAR, str(DATASET_DIR))
 
     dvc("repro", "prepare")
 
     raw_files = sorted(path.name for path in (project / "data" / "raw").iterdir())
     assert raw_files == sorted(f"{item.name}.gz" for item in download.FILES)
     for name in raw_files:
-        assert (project / "data" / "raw" / name).read_bytes() == (DEBIAN_MIRROR / name).read_bytes()
+        assert (project / "data" / "raw" / name).read_bytes() == (DATASET_DIR / name).read_bytes()
     prepared = project / "data" / "prepared"
     assert sorted(path.name for path in prepared.iterdir()) == [
         "standardization.npz",

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import DEBIAN_MIRROR, HAS_DATASET, NO_DATASET
 from PIL import Image
 
 from fashion_cnn import CLASS_NAMES, predict
@@ -66,20 +65,18 @@ def pick_garment(images: np.ndarray, labels: np.ndarray, probabilities: np.ndarr
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedProject:
+def trained(tmp_path_factory: pytest.TempPathFactory, real_dataset: Path) -> TrainedProject:
     """Train small_cnn for two epochs on the first 2,000 real training images and save what predict reads."""
-    if not HAS_DATASET:
-        pytest.skip(NO_DATASET)
     import keras
 
     from fashion_cnn.model import build_model
 
     config = small_cnn_config()
     data_config = config.data.model_copy(update={"validation_size": 500, "max_train_images": TRAIN_IMAGES})
-    train_images = load_images(DEBIAN_MIRROR / "train-images-idx3-ubyte.gz")[: TRAIN_IMAGES + 500]
-    train_labels = load_labels(DEBIAN_MIRROR / "train-labels-idx1-ubyte.gz")[: TRAIN_IMAGES + 500]
-    test_images = load_images(DEBIAN_MIRROR / "t10k-images-idx3-ubyte.gz")[:300]
-    test_labels = load_labels(DEBIAN_MIRROR / "t10k-labels-idx1-ubyte.gz")[:300]
+    train_images = load_images(real_dataset / "train-images-idx3-ubyte.gz")[: TRAIN_IMAGES + 500]
+    train_labels = load_labels(real_dataset / "train-labels-idx1-ubyte.gz")[: TRAIN_IMAGES + 500]
+    test_images = load_images(real_dataset / "t10k-images-idx3-ubyte.gz")[:300]
+    test_labels = load_labels(real_dataset / "t10k-labels-idx1-ubyte.gz")[:300]
     splits, mean, std = split_and_standardize(
         train_images, train_labels, test_images, test_labels, data_config
     )
