@@ -68,9 +68,9 @@ reproduce: setup ## Rerun the committed pipeline in a clean copy; fail unless it
 reproduce-quick: setup ## The same for the few-minute quick profile (reports/quick/metrics.json)
 	python -m fashion_cnn.reproduce --profile quick --tolerance $(QUICK_TOLERANCE)
 
-bench: setup ## Time training vs the seed's Keras code, the train stage, dvc repro (reports/benchmarks.json, README; ~12 min)
+bench: setup ## Time training vs the seed's Keras code, the train stage, dvc repro (reports/benchmarks.json, docs/performance.md; ~12 min)
 	python -m benchmarks.train_throughput $(BENCH_ARGS)
-	python -m benchmarks.table --readme README.md
+	python -m benchmarks.table --doc docs/performance.md
 
 recipe-sweep: setup ## The 15-minute CPU recipe's sweep (2 Hydra multiruns of the train stage, validation only; 1.2 h)
 	python -m fashion_cnn.train -m experiment=cpu_15min $(RECIPE_SWEEP)
