@@ -175,14 +175,14 @@ def compose_config(root: Path, overrides: list[str]) -> Any:
 def run_project(arguments: argparse.Namespace) -> dict[str, Any]:
     """The train stage's own steps before and during fit, without MLflow and saving."""
     # Imported here, not at the top: the seed's process must not load this project's modules.
-    from fashion_cnn import data, distribute, memory, model, train
+    from fashion_cnn import data, distribute, memory, model, runtime, train
 
     imported = time.time()
     project_config = compose_config(Path(arguments.root), arguments.override)
-    device = train.select_device(project_config.train.device, project_config.train.inter_op_threads)
+    device = runtime.select_device(project_config.train.device, project_config.train.inter_op_threads)
     strategy = distribute.make_strategy(project_config.train.strategy, device)
-    runtime = train.resolve_runtime(project_config.train, device, strategy)
-    train.seed_everything(project_config.seed, project_config.train.deterministic)
+    settings = runtime.resolve_runtime(project_config.train, device, strategy)
+    runtime.seed_everything(project_config.seed, project_config.train.deterministic)
     memory.memory_warning(project_config)
     train_split = data.load_split(Path(arguments.prepared), "train")
     validation_split = data.load_split(Path(arguments.prepared), "validation")
@@ -192,14 +192,14 @@ def run_project(arguments: argparse.Namespace) -> dict[str, Any]:
     # fit() builds its callback from the module's EpochReport: swap in the clocked subclass.
     train.EpochReport = clocked(train.EpochReport, times, "raise")
     with contextlib.suppress(BenchmarkDone):
-        train.fit(project_config, train_split, validation_split, runtime, strategy)
+        train.fit(project_config, train_split, validation_split, settings, strategy)
     result = times.summary(project_config.train.batch_size)
     result.update(
         {
             "parameters": model.count_parameters(project_config.model),
             "seconds_imports": imported - SPAWNED_AT,
             "seconds_data_loading": loaded - imported,
-            "runtime": runtime,
+            "runtime": settings.as_dict(),
         }
     )
     return result

@@ -137,7 +137,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
     from hydra import compose, initialize
-    from fashion_cnn import config, data, distribute, stage, train
+    from fashion_cnn import config, data, distribute, runtime, stage, train
 
     root = Path(sys.argv[1])
     stage.register_stage_config(root)
@@ -151,12 +151,12 @@ MIRRORED_SCRIPT = textwrap.dedent(
             composed = compose(stage.STAGE_CONFIG_NAME, overrides=overrides)
         run_config = config.validate(config.to_plain_dict(composed))
         strategy = distribute.make_strategy(strategy_name, "CPU")
-        runtime = train.resolve_runtime(run_config.train, "CPU", strategy)
-        train.seed_everything(run_config.seed, run_config.train.deterministic)
-        model, rows = train.fit(run_config, train_split, validation_split, runtime, strategy, chief=False)
+        settings = runtime.resolve_runtime(run_config.train, "CPU", strategy)
+        runtime.seed_everything(run_config.seed, run_config.train.deterministic)
+        model, rows = train.fit(run_config, train_split, validation_split, settings, strategy, chief=False)
         kernel = model.trainable_variables[0].value  # a tf.Variable; under a strategy, one per replica
         devices = sorted(component.device for component in kernel.values) if strategy else []
-        results[strategy_name] = {"runtime": runtime, "rows": rows, "devices": devices}
+        results[strategy_name] = {"runtime": settings.as_dict(), "rows": rows, "devices": devices}
     print("RESULTS " + json.dumps(results))
     """
 )

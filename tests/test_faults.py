@@ -298,7 +298,7 @@ def test_a_checkpoint_of_other_params_is_discarded_not_resumed(make_config, tmp_
     import mlflow
     import numpy as np
 
-    from fashion_cnn import checkpoint, train
+    from fashion_cnn import checkpoint, runtime, train
     from fashion_cnn.data import Split
 
     checkpoint_dir = tmp_path / "checkpoints" / "train"
@@ -312,10 +312,10 @@ def test_a_checkpoint_of_other_params_is_discarded_not_resumed(make_config, tmp_
         generator.standard_normal((64, 28, 28, 1)).astype(np.float32),
         generator.integers(0, 10, size=64).astype(np.uint8),
     )
-    runtime = train.resolve_runtime(config.train, "CPU", None)
+    settings = runtime.resolve_runtime(config.train, "CPU", None)
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     with mlflow.start_run():
-        _, rows = train.fit(config, split, split, runtime, None, checkpoint_dir=checkpoint_dir)
+        _, rows = train.fit(config, split, split, settings, None, checkpoint_dir=checkpoint_dir)
     printed = capsys.readouterr().out
     assert f"discarding the checkpoint in {checkpoint_dir}" in printed
     assert "resuming" not in printed

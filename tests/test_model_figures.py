@@ -11,7 +11,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fashion_cnn import CLASS_NAMES, data, model, model_figures, paths, plotting, tracking
+from fashion_cnn import (
+    CLASS_NAMES,
+    config,
+    data,
+    history,
+    model,
+    model_figures,
+    paths,
+    plotting,
+    tracking,
+    trained_model,
+)
 from fashion_cnn.config import DataError
 
 HISTORY_CSV = (
@@ -33,12 +44,15 @@ EXPECTED_FIGURES = (
 
 @pytest.fixture
 def model_project(project: Path, make_config) -> Path:
-    """The temp project with what train and prepare leave: model.keras, its MLflow run, test.npz, history."""
+    """The temp project with what train and prepare leave: model.keras, its config and MLflow run,
+    test.npz, history."""
     project_paths = paths.ProjectPaths(project)
     keras.utils.set_random_seed(0)
-    keras_model = model.build_model(make_config("model=small_cnn").model)
+    trained_config = make_config("model=small_cnn")
+    keras_model = model.build_model(trained_config.model)
     project_paths.model_dir.mkdir(parents=True)
     keras_model.save(project_paths.model_file)
+    config.save_resolved(trained_config, project_paths.model_dir / "config.yaml")
     generator = np.random.default_rng(0)
     images = generator.normal(size=(30, 28, 28, 1)).astype(np.float32)  # (30, 28, 28, 1), standardized
     labels = (np.arange(30) % 10).astype(np.uint8)
@@ -59,9 +73,9 @@ def load_inputs(project: Path) -> tuple[keras.Model, data.Split, list[dict[str, 
     """What the stage reads, through the stage's own loaders."""
     project_paths = paths.ProjectPaths(project)
     return (
-        model_figures.load_trained_model(project_paths.model_file),
+        trained_model.load_model(project_paths.model_file),
         data.load_split(project_paths.prepared_dir, "test"),
-        model_figures.read_history(project_paths.history_file),
+        history.read_history(project_paths.history_file),
     )
 
 
@@ -86,18 +100,18 @@ def test_one_image_per_class_takes_the_first_of_each() -> None:
 
 def test_read_history_names_what_is_wrong(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="missing"):
-        model_figures.read_history(tmp_path / "history.csv")
+        history.read_history(tmp_path / "history.csv")
     (tmp_path / "history.csv").write_text("epoch,loss,accuracy\n1,0.5,0.8\n")
     with pytest.raises(DataError, match="val_loss"):
-        model_figures.read_history(tmp_path / "history.csv")
+        history.read_history(tmp_path / "history.csv")
     (tmp_path / "history.csv").write_text(HISTORY_CSV.replace("0.740000", "n/a"))
     with pytest.raises(DataError, match="not a number"):
-        model_figures.read_history(tmp_path / "history.csv")
+        history.read_history(tmp_path / "history.csv")
 
 
 def test_missing_model_is_a_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="dvc repro train"):
-        model_figures.load_trained_model(tmp_path / "model.keras")
+        trained_model.load_model(tmp_path / "model.keras")
 
 
 def test_misclassified_figure_counts_the_mistakes() -> None:
@@ -150,7 +164,7 @@ def test_stage_writes_every_figure_logs_them_to_the_model_run_and_is_byte_stable
         assert path.read_bytes() == (output_dir / path.name).read_bytes(), f"{path.name} differs between runs"
 
     client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    run_id = tracking.read_run_id(paths.ProjectPaths(model_project))
+    run_id = trained_model.read_training_run(paths.ProjectPaths(model_project)).run_id
     logged = sorted(Path(item.path).name for item in client.list_artifacts(run_id, "figures/model"))
     assert logged == expected
     assert client.get_run(run_id).data.tags["stage.model_figures"] == "done"

@@ -282,4 +282,4 @@ def test_damaged_model_file_gives_one_line(
     options = ["--model", str(damaged), "--prepared-dir", str(trained.prepared_dir)]
     assert predict.main([str(trained.dark_png), *options]) == 1
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and error.startswith(f"error: {damaged}: cannot load the model")
+    assert error.count("\n") == 1 and error.startswith(f"error: {damaged}: not a loadable Keras model")

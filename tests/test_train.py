@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
 import os
 import shutil
@@ -17,7 +19,7 @@ import yaml
 from conftest import tiny_arrays
 
 from fashion_cnn import config as config_module
-from fashion_cnn import data, prepare
+from fashion_cnn import data, evaluate, prepare, trained_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = ["model=small_cnn", "train.epochs=2", "train.batch_size=32"]
@@ -78,7 +80,11 @@ def test_train_and_evaluate_log_one_complete_run(tiny_project: Path):
     assert run.data.params["model.layers.0.filters"] == "16"
     assert run.data.params["train.optimizer"] == "nadam"
     assert run.data.params["model.summary"].startswith("conv16x5-maxpool2")
-    assert run.data.tags["device"] == "CPU"
+    # Read back from the running model, not copied from params.
+    assert run.data.params["runtime.device"] == "CPU"
+    assert run.data.params["runtime.jit_compile"] == "False"
+    assert run.data.params["runtime.deterministic"] == "True"
+    assert run.data.params["runtime.dtype_policy"] == "float32"
     assert "hydra.overrides" in run.data.tags
     history = mlflow.MlflowClient().get_metric_history(run_id, "val_accuracy")
     assert [point.step for point in history] == [1, 2]
@@ -90,11 +96,19 @@ def test_train_and_evaluate_log_one_complete_run(tiny_project: Path):
     assert metrics["test"]["images"] == 300
     assert set(metrics["f1"]) >= {"Trouser", "Ankle boot"}
     history_csv = (tiny_project / "reports/train/history.csv").read_text().splitlines()
-    assert history_csv[0] == "epoch,loss,accuracy,val_loss,val_accuracy,epoch_seconds"
+    assert history_csv[0] == "epoch,objective,loss,accuracy,val_loss,val_accuracy,epoch_seconds"
     assert len(history_csv) == 3
     confusion_rows = (tiny_project / "reports/evaluate/confusion.csv").read_text().splitlines()
     assert len(confusion_rows) == 301
     assert (tiny_project / "reports/figures/confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    inputs = json.loads((tiny_project / "reports/evaluate/inputs.json").read_text())
+    model_bytes = (tiny_project / "data/model/model.keras").read_bytes()
+    assert inputs["model"] == {
+        "path": "data/model/model.keras",
+        "sha256": hashlib.sha256(model_bytes).hexdigest(),
+    }
+    assert run.data.tags["evaluate.test_split_sha256"] == inputs["test_split"]["sha256"]
 
     logged = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     test_images = data.load_split(tiny_project / "data/prepared", "test").images[:2]
@@ -157,3 +171,55 @@ def test_sigterm_during_training_ends_the_run_killed_and_writes_no_model(tiny_pr
     assert mlflow.MlflowClient().get_run(run_id).info.status == "KILLED"
     assert not (tiny_project / "data/model/model.keras").exists()
     assert not list((tiny_project / "data/model").glob(".model.keras.*"))
+
+
+def test_validation_and_test_loss_are_the_same_plain_cross_entropy(tiny_project: Path):
+    # With label smoothing the training objective differs from cross-entropy; the reported
+    # validation loss must not: it is what evaluate computes, on the validation split.
+    checked(run_stage(tiny_project, "train", *TINY_RUN, "train.label_smoothing=0.2"))
+    rows = list(csv.DictReader((tiny_project / "reports/train/history.csv").open()))
+    assert float(rows[-1]["objective"]) > float(rows[-1]["loss"]) + 0.05
+    model = trained_model.load_model(tiny_project / "data/model/model.keras")
+    validation = data.load_split(tiny_project / "data/prepared", "validation")
+    scored = evaluate.score(model, validation)
+    assert float(rows[-1]["val_loss"]) == pytest.approx(scored["loss"], abs=2e-3)
+    assert float(rows[-1]["val_accuracy"]) == pytest.approx(scored["accuracy"], abs=1e-6)
+
+
+def test_xla_is_logged_as_it_ran(tiny_project: Path):
+    result = checked(run_stage(tiny_project, "train", *TINY_RUN, "train.epochs=1", "train.jit_compile=on",
+                               "train.deterministic=false"))  # fmt: skip
+    assert "XLA on" in result.stdout and "deterministic ops off" in result.stdout
+    run_id = json.loads((tiny_project / "data/model/mlflow_run.json").read_text())["run_id"]
+    params = mlflow.MlflowClient().get_run(run_id).data.params
+    assert (params["runtime.jit_compile"], params["runtime.deterministic"]) == ("True", "False")
+
+
+def test_contradictory_or_misfitting_settings_stop_before_any_run(tiny_project: Path):
+    # 600 training images in batches of 32 make 19 steps per epoch: 4 does not divide them.
+    cases = {
+        ("train.jit_compile=on",): "train.jit_compile = 'on' contradicts train.deterministic = true",
+        ("train.steps_per_execution=4",): "does not divide the 19 steps of an epoch",
+    }
+    for overrides, expected in cases.items():
+        result = run_stage(tiny_project, "train", *TINY_RUN, *overrides)
+        assert result.returncode == 1, result.stderr[-2000:]
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
+        assert not (tiny_project / "data/model").exists()
+    assert "nearest values that do: 1 or 19" in result.stderr
+    # No MLflow run was started for either.
+    assert mlflow.search_runs(search_all_experiments=True).empty
+
+
+def test_evaluate_follows_the_trained_model_not_the_current_params(tiny_project: Path):
+    # A preset that logs to its own experiment, then evaluate with the default params (seed_cnn).
+    checked(run_stage(tiny_project, "train", *TINY_RUN, "tracking.experiment_name=preset-runs"))
+    result = checked(run_stage(tiny_project, "evaluate"))
+    assert "note: data/model was trained with other settings" in result.stdout
+    assert "model.layers.0.filters = 16 (params now: 64)" in result.stdout
+    assert "using the model as trained (model 'small_cnn')" in result.stdout
+    run_id = json.loads((tiny_project / "data/model/mlflow_run.json").read_text())["run_id"]
+    run = mlflow.MlflowClient().get_run(run_id)
+    assert mlflow.get_experiment(run.info.experiment_id).name == "preset-runs"
+    assert "test_accuracy" in run.data.metrics

@@ -204,7 +204,7 @@ class TrainConfig(Strict):
     # TensorFlow's inter-op thread pool: 0 is TensorFlow's own choice (one thread per core).
     inter_op_threads: Annotated[int, Field(ge=0)]
     deterministic: bool
-    # The recipe beyond the seed's (all off by default): see fashion_cnn.schedules and .augmentation.
+    # The recipe beyond the seed's (all off by default): see fashion_cnn.recipe and .augmentation.
     schedule: ScheduleConfig
     label_smoothing: Annotated[float, Field(ge=0, lt=1)]
     weight_decay: Annotated[float, Field(ge=0)]
@@ -223,6 +223,18 @@ class ProjectConfig(Strict):
     model: ModelConfig
     train: TrainConfig
     tracking: TrackingConfig
+
+    @model_validator(mode="after")
+    def _xla_only_without_determinism(self) -> ProjectConfig:
+        # Keras turns XLA off under deterministic ops and only warns: refuse the pair instead of
+        # running (and recording) something other than what was asked.
+        if self.train.jit_compile == "on" and self.train.deterministic:
+            raise ValueError(
+                "train.jit_compile = 'on' contradicts train.deterministic = true: Keras runs no XLA "
+                "under deterministic ops; choose train.deterministic=false for XLA, or "
+                "train.jit_compile=off for identical reruns"
+            )
+        return self
 
     @model_validator(mode="after")
     def _output_layer_matches_classes(self) -> ProjectConfig:

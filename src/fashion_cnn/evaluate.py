@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
 import platform
+from pathlib import Path
 
 # Hide TensorFlow's C++ start-up chatter (CUDA probing on CPU machines); users may override.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -16,31 +18,20 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn import metrics as sklearn_metrics  # noqa: E402
 
-from fashion_cnn import CLASS_NAMES, paths, plotting, tracking  # noqa: E402
+from fashion_cnn import CLASS_NAMES, cross_entropy, paths, plotting, tracking, trained_model  # noqa: E402
 from fashion_cnn.atomic import write_json_atomic, write_text_atomic  # noqa: E402
-from fashion_cnn.config import DataError, ProjectConfig  # noqa: E402
+from fashion_cnn.config import ProjectConfig  # noqa: E402
 from fashion_cnn.data import Split, load_split  # noqa: E402
 from fashion_cnn.stage import stage_main  # noqa: E402
 
 PREDICT_BATCH = 1000
 
 
-def load_model(path: os.PathLike) -> keras.Model:
-    """Load a trained model in Keras safe mode (no arbitrary code from the file)."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: missing (run `dvc repro train` first)")
-    try:
-        return keras.saving.load_model(path, safe_mode=True)
-    except (ValueError, OSError) as error:
-        raise DataError(f"{path}: not a loadable Keras model ({error})") from None
-
-
 def score(model: keras.Model, split: Split) -> dict:
     """Loss, accuracy, per-class precision/recall/F1 and the confusion matrix on one split."""
     probabilities = model.predict(split.images, batch_size=PREDICT_BATCH, verbose=0)  # (count, 10)
     predicted = probabilities.argmax(axis=1)
-    picked = probabilities[np.arange(len(split.labels)), split.labels]
-    loss = float(-np.log(np.clip(picked, 1e-7, 1.0)).mean())
+    loss = cross_entropy.mean(split.labels, probabilities)
     labels = list(range(len(CLASS_NAMES)))
     precision, recall, f1, support = sklearn_metrics.precision_recall_fscore_support(
         split.labels, predicted, labels=labels, zero_division=0
@@ -87,11 +78,30 @@ def hardware() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {device}"
 
 
+def sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def input_record(project: paths.ProjectPaths) -> dict[str, dict[str, str]]:
+    """The files this evaluation read, by path and hash (read now, not copied from dvc.lock)."""
+    files = {"model": project.model_file, "test_split": project.prepared_dir / "test.npz"}
+    return {
+        name: {"path": str(path.relative_to(project.root)), "sha256": sha256(path)}
+        for name, path in files.items()
+    }
+
+
 def evaluate(project: paths.ProjectPaths) -> dict:
     """Score the model on the test split, write reports/metrics.json and reports/evaluate/."""
     print(f"evaluating {project.model_file} on the test split", flush=True)
-    model = load_model(project.model_file)
+    model = trained_model.load_model(project.model_file)
     test_split = load_split(project.prepared_dir, "test")
+    inputs = input_record(project)
     test = score(model, test_split)
     train_metrics = json.loads(project.train_metrics_file.read_text())
     report = {
@@ -110,6 +120,7 @@ def evaluate(project: paths.ProjectPaths) -> dict:
         "hardware": hardware(),
     }
     write_json_atomic(project.metrics_file, report)
+    write_json_atomic(project.evaluate_dir / "inputs.json", inputs)
     write_text_atomic(project.evaluate_dir / "per_class.csv", to_csv(test["per_class"]))
     pairs = [
         {"actual": CLASS_NAMES[actual], "predicted": CLASS_NAMES[predicted]}
@@ -136,22 +147,23 @@ def evaluate(project: paths.ProjectPaths) -> dict:
         mlflow.data.from_numpy(test_split.images, targets=test_split.labels, name="fashion-mnist-test"),
         context="testing",
     )
+    tracking.log_safely(
+        mlflow.set_tags, {f"evaluate.{name}_sha256": record["sha256"] for name, record in inputs.items()}
+    )
     for path in (
+        project.evaluate_dir / "inputs.json",
         project.evaluate_dir / "per_class.csv",
         project.figures_dir / "confusion_matrix.png",
         project.metrics_file,
     ):
         tracking.log_safely(mlflow.log_artifact, str(path), artifact_path="evaluate")
-    dvc_lock = project.root / "dvc.lock"
-    if dvc_lock.is_file():
-        tracking.log_safely(mlflow.log_artifact, str(dvc_lock))
     return report
 
 
 @stage_main
 def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
     """Entry point of `python -m fashion_cnn.evaluate`."""
-    with tracking.model_run(project, config, "evaluate"):
+    with trained_model.model_run(project, config, "evaluate"):
         report = evaluate(project)
     print(f"test accuracy {report['test']['accuracy']:.4f}, loss {report['test']['loss']:.4f}")
 

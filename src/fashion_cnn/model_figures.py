@@ -5,7 +5,6 @@ Images are shown standardized, as the model sees them (the stage depends on test
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from collections.abc import Iterator
@@ -21,46 +20,17 @@ import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from fashion_cnn import CLASS_NAMES, paths, plotting, tracking  # noqa: E402
+from fashion_cnn import CLASS_NAMES, history, paths, plotting, trained_model  # noqa: E402
 from fashion_cnn.config import DataError, ProjectConfig  # noqa: E402
 from fashion_cnn.data import Split, load_split  # noqa: E402
 from fashion_cnn.stage import stage_main  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
 # Feature maps drawn per conv layer and image, and misclassified images drawn (rows x columns).
 FEATURE_MAPS_SHOWN = 8
 MISCLASSIFIED_GRID = (4, 6)
 PREDICT_BATCH_SIZE = 500
-
-
-def load_trained_model(path: Path) -> keras.Model:
-    """The trained Keras model, loaded without running any code stored in the file."""
-    if not path.is_file():
-        raise DataError(f"{path}: missing (run `dvc repro train` first)")
-    try:
-        return keras.saving.load_model(path, safe_mode=True)
-    except (OSError, ValueError, TypeError) as error:
-        raise DataError(f"{path}: not a loadable Keras model ({error})") from None
-
-
-def read_history(path: Path) -> list[dict[str, float]]:
-    """The rows of reports/train/history.csv as floats, checked for the columns the curves need."""
-    if not path.is_file():
-        raise DataError(f"{path}: missing (run `dvc repro train` first)")
-    with open(path, newline="") as file:
-        reader = csv.DictReader(file)
-        missing = [column for column in HISTORY_COLUMNS if column not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path}: missing columns {missing} (has {reader.fieldnames})")
-        try:
-            rows = [{column: float(row[column]) for column in HISTORY_COLUMNS} for row in reader]
-        except (TypeError, ValueError) as error:
-            raise DataError(f"{path}: line {reader.line_num}: not a number ({error})") from None
-    if not rows:
-        raise DataError(f"{path}: no epochs recorded")
-    return rows
 
 
 def conv_layers(model: keras.Model) -> list[layers.Conv2D]:
@@ -201,11 +171,11 @@ def render_model_figures(
 @stage_main
 def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
     """Entry point of `python -m fashion_cnn.model_figures`."""
-    model = load_trained_model(project.model_file)
+    model = trained_model.load_model(project.model_file)
     test = load_split(project.prepared_dir, "test")
-    history_rows = read_history(project.history_file)
+    history_rows = history.read_history(project.history_file)
     output_dir = project.figures_dir / "model"
-    with tracking.model_run(project, config, "model_figures"):
+    with trained_model.model_run(project, config, "model_figures"):
         written = render_model_figures(model, test, history_rows, output_dir)
         for path in written:
             mlflow.log_artifact(str(path), artifact_path="figures/model")

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fashion_cnn import CLASS_NAMES, paths
+from fashion_cnn import CLASS_NAMES, paths, trained_model
 from fashion_cnn.config import DataError, FashionCnnError
 from fashion_cnn.data import STATS_FILE, load_standardization
 from fashion_cnn.idx import IMAGE_SIDE
@@ -143,18 +143,6 @@ def _without_cuda_noise() -> Iterator[None]:
             sys.stderr.write("".join(line for line in lines if not any(text in line for text in CUDA_NOISE)))
 
 
-def load_model(model_path: Path) -> Any:  # -> keras.Model (keras imported lazily: it is slow)
-    """Load the trained model in Keras safe mode (a .keras file cannot run arbitrary code)."""
-    import zipfile
-
-    import keras
-
-    try:
-        return keras.saving.load_model(model_path, compile=False, safe_mode=True)
-    except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as error:
-        raise DataError(f"{model_path}: cannot load the model ({error})") from None
-
-
 def classify_files(
     image_paths: Sequence[Path], model_path: Path, prepared_dir: Path, top_k: int = 3
 ) -> list[dict[str, Any]]:
@@ -176,7 +164,7 @@ def classify_files(
     if images:
         batch = preprocess(list(images.values()), mean, std)
         with _without_cuda_noise():
-            predictions = predict(load_model(model_path), batch, top_k)
+            predictions = predict(trained_model.load_model(model_path), batch, top_k)
         for position, top in zip(images, predictions, strict=True):
             results[position]["predictions"] = top
     return results

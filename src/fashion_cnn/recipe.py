@@ -1,7 +1,7 @@
 """The training recipe beyond the seed's: learning-rate schedules, label smoothing and what fit() is fed.
 
-All of it is off by default (constant learning rate, no smoothing, no augmentation), and then the
-train stage trains exactly as before: model.fit on the NumPy arrays with Keras's own shuffling.
+All of it is off by default (constant learning rate, no smoothing, no augmentation): the seed's
+recipe, fed as seeded tf.data batches that are reshuffled every epoch (fashion_cnn.augmentation).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import keras
 import numpy as np
 
 from fashion_cnn import augmentation
-from fashion_cnn.config import ProjectConfig, TrainConfig
+from fashion_cnn.config import ConfigError, ProjectConfig, TrainConfig
 from fashion_cnn.data import Split
 from fashion_cnn.idx import NUM_CLASSES
 
@@ -24,6 +24,25 @@ ONE_CYCLE_START_DIVISOR = 25.0
 def steps_per_epoch(train_images: int, batch_size: int) -> int:
     """Gradient steps in one pass over the training split (the last batch may be smaller)."""
     return math.ceil(train_images / batch_size)
+
+
+def check_steps_per_execution(steps_in_epoch: int, steps_per_execution: int) -> None:
+    """ConfigError unless train.steps_per_execution divides the steps of an epoch.
+
+    Keras runs whole executions over one dataset that spans all epochs: with a remainder, every
+    epoch after the first starts mid-way and the history rows and resumed runs no longer line up.
+    """
+    if steps_in_epoch % steps_per_execution == 0:
+        return
+    divisors = [value for value in range(1, steps_in_epoch + 1) if steps_in_epoch % value == 0]
+    below = max(value for value in divisors if value < steps_per_execution)
+    above = [value for value in divisors if value > steps_per_execution]
+    nearest = f"{below} or {above[0]}" if above else str(below)
+    raise ConfigError(
+        f"invalid params: train.steps_per_execution = {steps_per_execution} does not divide the "
+        f"{steps_in_epoch} steps of an epoch (Keras would shift every epoch's batches); nearest "
+        f"values that do: {nearest}"
+    )
 
 
 def learning_rate(

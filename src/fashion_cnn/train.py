@@ -5,7 +5,6 @@ Under a multi-worker strategy every worker runs this stage; only the chief write
 
 from __future__ import annotations
 
-import csv
 import io
 import logging
 import math
@@ -23,68 +22,28 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from fashion_cnn import checkpoint, distribute, memory, paths, recipe, tracking  # noqa: E402
+from fashion_cnn import (
+    checkpoint,
+    cross_entropy,
+    distribute,
+    history,
+    memory,
+    paths,
+    recipe,
+    runtime,
+    tracking,
+)  # noqa: E402
 from fashion_cnn.atomic import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
-from fashion_cnn.config import ConfigError, FashionCnnError, ProjectConfig, TrainConfig, save_resolved  # noqa: E402
-from fashion_cnn.data import Split, load_split  # noqa: E402
+from fashion_cnn.config import FashionCnnError, ProjectConfig, TrainConfig, save_resolved  # noqa: E402
+from fashion_cnn.data import Split, load_npz, load_split  # noqa: E402
 from fashion_cnn.model import build_model, count_parameters, describe  # noqa: E402
 from fashion_cnn.stage import hydra_overrides, stage_main  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds")
-
 
 class TrainingDiverged(FashionCnnError):
     """The loss became NaN or infinite."""
-
-
-def select_device(requested: str, inter_op_threads: int) -> str:
-    """'GPU' when asked for (or auto and one is visible), else 'CPU'; a missing GPU is an error.
-
-    Also sizes TensorFlow's inter-op thread pool (0: TensorFlow's choice), which must happen before
-    TensorFlow runs its first op; the thread count changes the speed, never the numbers.
-    """
-    if inter_op_threads and tf.config.threading.get_inter_op_parallelism_threads() != inter_op_threads:
-        tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
-    gpus = tf.config.list_physical_devices("GPU")
-    if requested == "gpu" and not gpus:
-        raise ConfigError(
-            "invalid params: train.device = 'gpu': TensorFlow sees no GPU on this machine "
-            "(allowed: auto, cpu, gpu; install the GPU extra with `pip install -e .[gpu]`)"
-        )
-    if requested == "cpu" and gpus:
-        tf.config.set_visible_devices([], "GPU")
-    return "GPU" if gpus and requested != "cpu" else "CPU"
-
-
-def resolve_runtime(
-    train_config: TrainConfig, device: str, strategy: tf.distribute.Strategy | None
-) -> dict[str, Any]:
-    """Turn the 'auto' settings into concrete ones for this device and strategy."""
-    precision = train_config.mixed_precision
-    if precision == "auto":
-        precision = "mixed_float16" if device == "GPU" else "none"
-    jit = train_config.jit_compile == "on" or (train_config.jit_compile == "auto" and device == "GPU")
-    replicas = distribute.replica_count(strategy)
-    return {
-        "device": device,
-        "mixed_precision": precision,
-        "jit_compile": jit,
-        "strategy": type(strategy).__name__ if strategy is not None else "default",
-        "replicas": replicas,
-        "global_batch_size": distribute.global_batch_size(train_config, replicas),
-        "learning_rate": distribute.effective_learning_rate(train_config, replicas),
-        # What TensorFlow runs with (0: its own choice), as select_device set it.
-        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-    }
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed Python, NumPy and TensorFlow from one key; optionally force deterministic TF ops."""
-    keras.utils.set_random_seed(seed)
-    if deterministic:
-        tf.config.experimental.enable_op_determinism()
 
 
 def make_optimizer(
@@ -116,6 +75,14 @@ class EpochReport(keras.callbacks.Callback):
         self.log_to_mlflow = log_to_mlflow
         self.rows: list[dict[str, float]] = []
         self.started = 0.0
+        self.effective: runtime.Effective | None = None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        # Read back once fit has started: Keras may have refused what was asked (XLA, say).
+        self.effective = runtime.read_back(self.model)
+        print(f"running on {self.effective.describe()}", flush=True)
+        if self.log_to_mlflow:
+            tracking.log_safely(mlflow.log_params, self.effective.as_params())
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.started = time.perf_counter()
@@ -123,11 +90,21 @@ class EpochReport(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
         row = {"epoch": epoch + 1, "epoch_seconds": time.perf_counter() - self.started}
-        row.update({key: float(logs[key]) for key in HISTORY_COLUMNS[1:5]})
-        if not math.isfinite(row["loss"]):
+        # Keras's `loss` is the objective (label smoothing included); `loss` and `val_loss` in the
+        # history are plain cross-entropy, the quantity evaluate reports for the test split.
+        row.update(
+            {
+                "objective": float(logs["loss"]),
+                "loss": float(logs[cross_entropy.NAME]),
+                "accuracy": float(logs["accuracy"]),
+                "val_loss": float(logs[f"val_{cross_entropy.NAME}"]),
+                "val_accuracy": float(logs["val_accuracy"]),
+            }
+        )
+        if not math.isfinite(row["objective"]):
             self.model.stop_training = True
             raise TrainingDiverged(
-                f"training diverged: the loss became {row['loss']} in epoch {epoch + 1}; "
+                f"training diverged: the loss became {row['objective']} in epoch {epoch + 1}; "
                 f"lower train.learning_rate or check the data"
             )
         self.rows.append(row)
@@ -149,7 +126,7 @@ def fit(
     config: ProjectConfig,
     train_split: Split,
     validation_split: Split,
-    runtime: dict[str, Any],
+    settings: runtime.Runtime,
     strategy: tf.distribute.Strategy | None,
     chief: bool = True,
     checkpoint_dir: Path | None = None,
@@ -160,18 +137,19 @@ def fit(
     rerun with the same params and data resumes after the last completed epoch.
     """
     keras.mixed_precision.set_global_policy(
-        "float32" if runtime["mixed_precision"] == "none" else runtime["mixed_precision"]
+        "float32" if settings.mixed_precision == "none" else settings.mixed_precision
     )
-    batch_size = runtime["global_batch_size"]
+    batch_size = settings.global_batch_size
     steps_per_epoch = recipe.steps_per_epoch(len(train_split.labels), batch_size)
+    recipe.check_steps_per_execution(steps_per_epoch, config.train.steps_per_execution)
     # Variables created in the strategy's scope are mirrored on every replica.
     with distribute.strategy_scope(strategy):
         model = build_model(config.model)
         model.compile(
             loss=recipe.loss(config.train),
-            optimizer=make_optimizer(config.train, runtime["learning_rate"], steps_per_epoch),
-            metrics=["accuracy"],
-            jit_compile=runtime["jit_compile"],
+            optimizer=make_optimizer(config.train, settings.learning_rate, steps_per_epoch),
+            metrics=["accuracy", cross_entropy.metric()],
+            jit_compile=settings.jit_compile,
             steps_per_execution=config.train.steps_per_execution,
         )
     report = EpochReport(config.train.epochs, log_to_mlflow=chief)
@@ -191,6 +169,10 @@ def fit(
         verbose=0,
         callbacks=callbacks,
     )
+    # The saved and logged model keeps stock Keras objects only (not the cross-entropy metric's
+    # function), so any Keras loader, MLflow's included, reads it without this package.
+    with distribute.strategy_scope(strategy):
+        model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
     return model, report.rows
 
 
@@ -199,16 +181,6 @@ def model_summary(model: keras.Model) -> str:
     buffer = io.StringIO()
     model.summary(print_fn=lambda line, **_: buffer.write(line + "\n"))
     return buffer.getvalue()
-
-
-def write_history(path: Path, rows: list[dict[str, float]]) -> None:
-    """The per-epoch history as CSV (a DVC plot), atomically."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({key: (f"{value:.6f}" if key != "epoch" else value) for key, value in row.items()})
-    write_text_atomic(path, buffer.getvalue())
 
 
 def _save_example_creating_folder(mlflow_model: Any, input_example: Any, path: str, *args: Any) -> None:
@@ -235,31 +207,28 @@ def log_model(model: keras.Model, example_images: np.ndarray) -> None:
 
 
 def log_run_setup(
-    config: ProjectConfig, runtime: dict[str, Any], task: distribute.Task, train_split: Split
+    config: ProjectConfig, settings: runtime.Runtime, task: distribute.Task, train_split: Split
 ) -> None:
-    """Tags, the resolved runtime (strategy, replicas, global batch, learning rate) and the dataset."""
+    """Tags, how training is spread (strategy, replicas, global batch, learning rate) and the dataset.
+
+    Device, precision and XLA are logged by EpochReport once fit has started, as read back from
+    the model: what ran, not what was asked.
+    """
     tracking.log_safely(
         mlflow.set_tags,
-        {
-            "device": runtime["device"],
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "model.name": config.model.name,
-        },
+        {"tensorflow": tf.__version__, "keras": keras.__version__, "model.name": config.model.name},
     )
     tracking.log_safely(
         mlflow.log_params,
         {
             "model.summary": describe(config.model),
             "model.parameters": count_parameters(config.model),
-            "runtime.mixed_precision": runtime["mixed_precision"],
-            "runtime.jit_compile": runtime["jit_compile"],
-            "runtime.strategy": runtime["strategy"],
+            "runtime.strategy": settings.strategy,
             "runtime.workers": task.workers,
-            "runtime.replicas": runtime["replicas"],
-            "runtime.global_batch_size": runtime["global_batch_size"],
-            "runtime.learning_rate": runtime["learning_rate"],
-            "runtime.inter_op_threads": runtime["inter_op_threads"],
+            "runtime.replicas": settings.replicas,
+            "runtime.global_batch_size": settings.global_batch_size,
+            "runtime.learning_rate": settings.learning_rate,
+            "runtime.inter_op_threads": settings.inter_op_threads,
         },
     )
     tracking.log_safely(
@@ -286,24 +255,23 @@ def train(
     config: ProjectConfig, project: paths.ProjectPaths, task: distribute.Task = distribute.SINGLE_PROCESS
 ) -> dict[str, float]:
     """Train on data/prepared; the chief writes data/model and reports/train and logs to the active run."""
-    device = select_device(config.train.device, config.train.inter_op_threads)
+    device = runtime.select_device(config.train.device, config.train.inter_op_threads)
     # First TensorFlow work after choosing devices: multi-worker collectives are set up at start-up.
     strategy = distribute.make_strategy(config.train.strategy, device)
-    runtime = resolve_runtime(config.train, device, strategy)
-    seed_everything(config.seed, config.train.deterministic)
+    settings = runtime.resolve_runtime(config.train, device, strategy)
+    runtime.seed_everything(config.seed, config.train.deterministic)
     if warning := memory.memory_warning(config):
         log.warning("%s", warning)
     train_split = load_split(project.prepared_dir, "train")
     validation_split = load_split(project.prepared_dir, "validation")
     print(
-        f"training {config.model.name} ({count_parameters(config.model):,} parameters) on {device} "
-        f"[precision {runtime['mixed_precision']}, XLA {'on' if runtime['jit_compile'] else 'off'}, "
+        f"training {config.model.name} ({count_parameters(config.model):,} parameters): "
         f"{len(train_split.labels):,} train / {len(validation_split.labels):,} validation images, "
-        f"{runtime['replicas']} replica(s), global batch {runtime['global_batch_size']}]",
+        f"{settings.replicas} replica(s), global batch {settings.global_batch_size}",
         flush=True,
     )
     if task.is_chief:
-        log_run_setup(config, runtime, task, train_split)
+        log_run_setup(config, settings, task, train_split)
     started = time.perf_counter()
     # Resuming covers single-process training; distributed runs start over after an interruption.
     checkpoint_dir = project.train_checkpoint_dir if strategy is None else None
@@ -311,7 +279,7 @@ def train(
         config,
         train_split,
         validation_split,
-        runtime,
+        settings,
         strategy,
         chief=task.is_chief,
         checkpoint_dir=checkpoint_dir,
@@ -342,7 +310,7 @@ def save_and_log(
     save_resolved(config, project.model_dir / "config.yaml")
     summary = model_summary(model)
     write_text_atomic(project.model_dir / "summary.txt", summary)
-    write_history(project.history_file, rows)
+    history.write_history(project.history_file, rows)
     write_json_atomic(project.train_metrics_file, metrics)
     tracking.log_safely(
         mlflow.log_metrics,
@@ -364,6 +332,15 @@ def run_name(config: ProjectConfig, overrides: list[str]) -> str:
     return " ".join([config.model.name, *changed])[:200]
 
 
+def preflight(config: ProjectConfig, project: paths.ProjectPaths) -> None:
+    """Params errors that need the machine or the data, reported before any run or output is started:
+    a GPU asked for but absent, steps_per_execution that does not divide an epoch (one replica)."""
+    runtime.select_device(config.train.device, config.train.inter_op_threads)
+    train_images = len(load_npz(project.prepared_dir / "train.npz", ("labels",))["labels"])
+    steps = recipe.steps_per_epoch(train_images, distribute.global_batch_size(config.train, 1))
+    recipe.check_steps_per_execution(steps, config.train.steps_per_execution)
+
+
 @stage_main
 def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
     """Entry point of `python -m fashion_cnn.train` (on every worker under multi_worker)."""
@@ -374,8 +351,7 @@ def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
         train(config, project, task)
         return
     overrides = hydra_overrides()
-    # A GPU asked for but absent is a params error: report it before any run or output is started.
-    select_device(config.train.device, config.train.inter_op_threads)
+    preflight(config, project)
     with tracking.stage_run(
         project, config, "train", run_name(config, overrides), config.tracking.experiment_name, overrides
     ) as run:
