@@ -63,27 +63,27 @@ test-slow: setup ## Run the slow end-to-end tests: real training runs, real dvc 
 	pytest -m slow
 
 reproduce: setup ## Rerun the committed pipeline in a clean copy; fail unless it reproduces reports/metrics.json
-	python -m fashion_cnn.reproduce --profile default --tolerance $(TOLERANCE)
+	python -m fashion_cnn.tools.reproduce --profile default --tolerance $(TOLERANCE)
 
 reproduce-quick: setup ## The same for the few-minute quick profile (reports/quick/metrics.json)
-	python -m fashion_cnn.reproduce --profile quick --tolerance $(QUICK_TOLERANCE)
+	python -m fashion_cnn.tools.reproduce --profile quick --tolerance $(QUICK_TOLERANCE)
 
 bench: setup ## Time training vs the seed's Keras code, the train stage, dvc repro (reports/benchmarks.json, docs/performance.md; ~12 min)
 	python -m benchmarks.train_throughput $(BENCH_ARGS)
 	python -m benchmarks.table --doc docs/performance.md
 
 recipe-sweep: setup ## The 15-minute CPU recipe's sweep (2 Hydra multiruns of the train stage, validation only; 1.2 h)
-	python -m fashion_cnn.train -m experiment=cpu_15min $(RECIPE_SWEEP)
-	python -m fashion_cnn.train -m experiment=cpu_15min $(RECIPE_REFINE)
+	python -m fashion_cnn.stages.train -m experiment=cpu_15min $(RECIPE_SWEEP)
+	python -m fashion_cnn.stages.train -m experiment=cpu_15min $(RECIPE_REFINE)
 
 recipe-report: setup ## reports/recipe/sweep.csv and frontier.png from the recipe's MLflow runs
-	python -m fashion_cnn.sweep_report
+	python -m fashion_cnn.tools.sweep_report
 
 recipe-finalist: setup ## Train and test the cpu_15min preset once in a clean copy; record reports/recipe/metrics.json
-	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlflow.db python -m fashion_cnn.reproduce --profile cpu_15min --record
+	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlflow.db python -m fashion_cnn.tools.reproduce --profile cpu_15min --record
 
 reproduce-recipe: setup ## Rerun the cpu_15min preset in a clean copy; fail unless it reproduces reports/recipe/metrics.json
-	python -m fashion_cnn.reproduce --profile cpu_15min --tolerance $(TOLERANCE)
+	python -m fashion_cnn.tools.reproduce --profile cpu_15min --tolerance $(TOLERANCE)
 
 ui: setup ## Serve the MLflow UI for the project's own store on http://127.0.0.1:$MLFLOW_PORT (default 5000)
 	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)  (Ctrl-C stops it)"
@@ -93,10 +93,10 @@ ui: setup ## Serve the MLflow UI for the project's own store on http://127.0.0.1
 		--default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 compare: setup ## Table of the latest training runs: params that differ, test accuracy, epoch time
-	python -m fashion_cnn.compare --last 10
+	python -m fashion_cnn.tools.compare --last 10
 
 serve: setup ## Serve the latest trained model (mlflow models serve) on http://127.0.0.1:$SERVE_PORT/invocations (default 5001)
-	python -m fashion_cnn.serve --port $(SERVE_PORT)
+	python -m fashion_cnn.tools.serve --port $(SERVE_PORT)
 
 lint: setup ## ruff check and format check
 	ruff check . && ruff format --check .

@@ -22,8 +22,9 @@ from hydra import compose, initialize
 from PIL import Image
 from servers import VENV_BIN, HttpMirror, MirrorServer, MlflowServer, running_mlflow_server
 
-from fashion_cnn import config, download, idx, prepare, stage
+from fashion_cnn import cli, config, fetch, idx
 from fashion_cnn.idx import encode_idx
+from fashion_cnn.stages import prepare
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +65,7 @@ def missing_requirement(what: str) -> NoReturn:
 DATASET_ENV_VAR = "FASHION_CNN_TEST_DATASET"
 DEBIAN_DATASET_DIR = Path("/usr/share/datasets/fashion-mnist")
 DATASET_DIR = Path(os.environ.get(DATASET_ENV_VAR) or DEBIAN_DATASET_DIR)
-DATASET_FILES = tuple(f"{item.name}.gz" for item in download.FILES)
+DATASET_FILES = tuple(f"{item.name}.gz" for item in fetch.FILES)
 HAS_DATASET = all((DATASET_DIR / name).is_file() for name in DATASET_FILES)
 NO_DATASET = (
     f"needs the real Fashion-MNIST files ({', '.join(DATASET_FILES)}) in {DATASET_DIR}: "
@@ -123,7 +124,7 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep every test off the repo's mlflow.db and out of the developer's mirror and root settings."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.delenv(download.MIRROR_ENV_VAR, raising=False)
+    monkeypatch.delenv(fetch.MIRROR_ENV_VAR, raising=False)
     monkeypatch.delenv("FASHION_CNN_ROOT", raising=False)
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     monkeypatch.setenv("PATH", f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -228,21 +229,26 @@ def png_check() -> Callable[..., None]:
     return assert_png
 
 
+def stage_process(
+    stage: str, *overrides: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m fashion_cnn.stages.<stage> <overrides>` in a project folder, as DVC or a user does;
+    returns the finished process even when it failed. The one way the tests run a stage."""
+    return subprocess.run(
+        [sys.executable, "-m", f"fashion_cnn.stages.{stage}", *overrides],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 @pytest.fixture
 def run_stage() -> Callable[..., subprocess.CompletedProcess[str]]:
-    """Run `python -m fashion_cnn.<stage> <overrides>` in a project folder; returns it even on failure."""
-
-    def run(stage: str, *overrides: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", f"fashion_cnn.{stage}", *overrides],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-
-    return run
+    """stage_process as a fixture: run_stage(stage, *overrides, cwd=..., timeout=...)."""
+    return stage_process
 
 
 # ---- configs composed from the real params.yaml ----
@@ -253,9 +259,9 @@ def make_config() -> Callable[..., config.ProjectConfig]:
     """Compose and validate what a stage runs with: params.yaml (the repo's or `root`'s) + overrides."""
 
     def compose_config(*overrides: str, root: Path = REPO_ROOT) -> config.ProjectConfig:
-        stage.register_stage_config(root)
+        cli.register_stage_config(root)
         with initialize(version_base="1.3", config_path=None):
-            composed = compose(stage.STAGE_CONFIG_NAME, overrides=list(overrides))
+            composed = compose(cli.STAGE_CONFIG_NAME, overrides=list(overrides))
         return config.validate(config.to_plain_dict(composed))
 
     return compose_config
@@ -266,7 +272,7 @@ def make_config() -> Callable[..., config.ProjectConfig]:
 
 @dataclass
 class SyntheticRaw:
-    """Four small gzipped IDX files in `directory`, the arrays in them and their download.FILES entries."""
+    """Four small gzipped IDX files in `directory`, the arrays in them and their fetch.FILES entries."""
 
     directory: Path
     # Keyed by the raw split prefix: "train" or "t10k"; images (count, 28, 28) uint8, labels (count,).
@@ -274,7 +280,7 @@ class SyntheticRaw:
     labels: dict[str, np.ndarray]
     # The .gz payloads by file name without .gz, e.g. "train-images-idx3-ubyte".
     gz_bytes: dict[str, bytes] = field(default_factory=dict)
-    files: tuple[download.ExpectedFile, ...] = ()
+    files: tuple[fetch.ExpectedFile, ...] = ()
 
     def path(self, name: str) -> Path:
         """The .gz path of a file name such as 'train-labels-idx1-ubyte'."""
@@ -299,11 +305,9 @@ def make_synthetic_raw(directory: Path, n_train: int = 120, n_test: int = 30, se
             idx_bytes = encode_idx(array)
             raw.gz_bytes[name] = gzip.compress(idx_bytes, mtime=0)
             raw.path(name).write_bytes(raw.gz_bytes[name])
-            expected.append(
-                download.ExpectedFile(name, hashlib.sha256(idx_bytes).hexdigest(), len(idx_bytes))
-            )
-    # Same order as download.FILES.
-    order = [item.name for item in download.FILES]
+            expected.append(fetch.ExpectedFile(name, hashlib.sha256(idx_bytes).hexdigest(), len(idx_bytes)))
+    # Same order as fetch.FILES.
+    order = [item.name for item in fetch.FILES]
     raw.files = tuple(sorted(expected, key=lambda item: order.index(item.name)))
     return raw
 

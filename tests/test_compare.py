@@ -7,7 +7,7 @@ import os
 import mlflow
 import pytest
 
-from fashion_cnn import compare
+from fashion_cnn.tools import compare
 
 
 def log_run(name: str, optimizer: str, accuracy: float) -> None:

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import stage_process
 from hydra import compose, initialize, initialize_config_dir
 from omegaconf import OmegaConf
 from servers import free_port
 
-from fashion_cnn import config, stage
+from fashion_cnn import cli, config, errors
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,10 +45,10 @@ def test_conf_composed_with_defaults_equals_params_yaml() -> None:
 
 
 def compose_stage(*overrides: str) -> dict:
-    """Compose what a stage runs with (params.yaml + overrides), unvalidated, as stage.stage_main does."""
-    stage.register_stage_config(REPO_ROOT)
+    """Compose what a stage runs with (params.yaml + overrides), unvalidated, as cli.stage_main does."""
+    cli.register_stage_config(REPO_ROOT)
     with initialize(version_base="1.3", config_path=None):
-        composed = compose(stage.STAGE_CONFIG_NAME, overrides=list(overrides))
+        composed = compose(cli.STAGE_CONFIG_NAME, overrides=list(overrides))
     return config.to_plain_dict(composed)
 
 
@@ -141,7 +142,7 @@ def check_one_line(message: str, fragments: list[str]) -> None:
 @pytest.mark.parametrize("case", list(BAD_VALUES))
 def test_bad_value_is_one_line_naming_key_and_value(case: str, make_config) -> None:
     override, fragments = BAD_VALUES[case]
-    with pytest.raises(config.ConfigError) as raised:
+    with pytest.raises(errors.ConfigError) as raised:
         make_config(override)
     check_one_line(str(raised.value), fragments)
 
@@ -159,22 +160,14 @@ CLI_RUNS = {
 
 
 def run_in_copy(project: Path, stage: str, overrides: list[str]) -> subprocess.CompletedProcess[str]:
-    """Run `python -m fashion_cnn.<stage>` in a project copy with its own MLflow store path."""
+    """Run a stage in a project copy with its own MLflow store path."""
     env = {
         **os.environ,
         "FASHION_CNN_ROOT": str(project),
         "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
     }
     env.pop("FASHION_CNN_MIRROR", None)
-    return subprocess.run(
-        [sys.executable, "-m", f"fashion_cnn.{stage}", *overrides],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    return stage_process(stage, *overrides, cwd=project, env=env, timeout=180)
 
 
 @dataclass(frozen=True)
@@ -247,7 +240,7 @@ def test_unreachable_tracking_server_fails_fast_naming_the_uri(project: Path, mo
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "fashion_cnn.download"],
+        [sys.executable, "-m", "fashion_cnn.stages.download"],
         cwd=project, capture_output=True, text=True, timeout=120, env=os.environ.copy(),
     )  # fmt: skip
     assert result.returncode == 1

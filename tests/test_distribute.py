@@ -16,7 +16,7 @@ import yaml
 from conftest import tiny_arrays
 from servers import free_port
 
-from fashion_cnn import config, data, distribute, prepare
+from fashion_cnn import config, data, distribute, errors
 
 # The tiny profile: small_cnn, 2 epochs, 32 images per gradient step.
 TINY_RUN = ["model=small_cnn", "train.epochs=2"]
@@ -59,7 +59,7 @@ BAD_TF_CONFIGS = {
 @pytest.mark.parametrize("case", list(BAD_TF_CONFIGS))
 def test_multi_worker_without_a_valid_tf_config_is_one_line(case: str) -> None:
     raw, fragments = BAD_TF_CONFIGS[case]
-    with pytest.raises(config.ConfigError) as raised:
+    with pytest.raises(errors.ConfigError) as raised:
         distribute.current_task("multi_worker", {"TF_CONFIG": raw} if raw else {})
     message = str(raised.value)
     assert "\n" not in message and len(message) < 400, message
@@ -100,7 +100,7 @@ def test_batch_size_is_per_replica_and_learning_rate_scales_only_when_asked(make
     ],
 )
 def test_bad_strategy_params_are_one_line(override: str, fragments: list[str], make_config) -> None:
-    with pytest.raises(config.ConfigError) as raised:
+    with pytest.raises(errors.ConfigError) as raised:
         make_config(override)
     assert "\n" not in str(raised.value)
     for fragment in fragments:
@@ -117,7 +117,7 @@ def make_tiny_project(destination: Path, repo_root: Path) -> Path:
         shutil.copy(repo_root / name, destination / name)
     shutil.copytree(repo_root / "conf", destination / "conf")
     data_config = config.validate(yaml.safe_load((repo_root / "params.yaml").read_text())).data
-    splits, mean, std = prepare.split_and_standardize(
+    splits, mean, std = data.split_and_standardize(
         *tiny_arrays(test_count=100), data_config.model_copy(update={"validation_size": 200})
     )
     for name, split in splits.items():
@@ -137,10 +137,10 @@ MIRRORED_SCRIPT = textwrap.dedent(
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
     from hydra import compose, initialize
-    from fashion_cnn import config, data, distribute, runtime, stage, train
+    from fashion_cnn import cli, config, data, distribute, runtime, training
 
     root = Path(sys.argv[1])
-    stage.register_stage_config(root)
+    cli.register_stage_config(root)
     prepared = root / "data" / "prepared"
     train_split = data.load_split(prepared, "train")
     validation_split = data.load_split(prepared, "validation")
@@ -148,12 +148,12 @@ MIRRORED_SCRIPT = textwrap.dedent(
     for strategy_name, batch_size in (("auto", int(sys.argv[2])), ("mirrored", int(sys.argv[3]))):
         overrides = [*sys.argv[4:], f"train.strategy={strategy_name}", f"train.batch_size={batch_size}"]
         with initialize(version_base="1.3", config_path=None):
-            composed = compose(stage.STAGE_CONFIG_NAME, overrides=overrides)
+            composed = compose(cli.STAGE_CONFIG_NAME, overrides=overrides)
         run_config = config.validate(config.to_plain_dict(composed))
         strategy = distribute.make_strategy(strategy_name, "CPU")
         settings = runtime.resolve_runtime(run_config.train, "CPU", strategy)
         runtime.seed_everything(run_config.seed, run_config.train.deterministic)
-        model, rows = train.fit(run_config, train_split, validation_split, settings, strategy, chief=False)
+        model, rows = training.fit(run_config, train_split, validation_split, settings, strategy, chief=False)
         kernel = model.trainable_variables[0].value  # a tf.Variable; under a strategy, one per replica
         devices = sorted(component.device for component in kernel.values) if strategy else []
         results[strategy_name] = {"runtime": settings.as_dict(), "rows": rows, "devices": devices}
@@ -223,8 +223,8 @@ def test_two_workers_train_together_and_only_the_chief_writes(tmp_path: Path, re
             "TMPDIR": str(worker_tmp) if name == "worker" else os.environ.get("TMPDIR", "/tmp"),
         }
         processes[name] = subprocess.Popen(
-            [sys.executable, "-m", "fashion_cnn.train", *TINY_RUN, f"train.batch_size={GLOBAL_BATCH // 2}",
-             "train.strategy=multi_worker"],
+            [sys.executable, "-m", "fashion_cnn.stages.train", *TINY_RUN,
+             f"train.batch_size={GLOBAL_BATCH // 2}", "train.strategy=multi_worker"],
             cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
     outputs = {}
@@ -268,7 +268,7 @@ def test_multi_worker_without_tf_config_stops_the_stage_before_any_work(
     project = make_tiny_project(tmp_path / "project", repo_root)
     env = {key: value for key, value in os.environ.items() if key != "TF_CONFIG"}
     result = subprocess.run(
-        [sys.executable, "-m", "fashion_cnn.train", *TINY_RUN, "train.strategy=multi_worker"],
+        [sys.executable, "-m", "fashion_cnn.stages.train", *TINY_RUN, "train.strategy=multi_worker"],
         cwd=project, env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 1

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fashion_cnn import atomic, download, idx
-from fashion_cnn.config import DataError
+from fashion_cnn import atomic, fetch, idx
+from fashion_cnn.errors import DataError
 
 # Short enough to keep the suite fast, long enough for a loaded machine to answer 127.0.0.1.
 TIMEOUT_SECONDS = 0.5
@@ -18,9 +18,9 @@ TIMEOUT_SECONDS = 0.5
 
 @pytest.fixture
 def mirror(http_mirror, synthetic_raw, monkeypatch: pytest.MonkeyPatch):
-    """The HTTP mirror serving the synthetic files, with download.FILES expecting their checksums."""
+    """The HTTP mirror serving the synthetic files, with fetch.FILES expecting their checksums."""
     http_mirror.files.update(synthetic_raw.gz_bytes)
-    monkeypatch.setattr(download, "FILES", synthetic_raw.files)
+    monkeypatch.setattr(fetch, "FILES", synthetic_raw.files)
     return http_mirror
 
 
@@ -31,7 +31,7 @@ def files_in(directory: Path) -> list[str]:
 
 def test_downloads_and_verifies_all_files_over_http(mirror, synthetic_raw, tmp_path: Path) -> None:
     destination = tmp_path / "dest"
-    used = download.download([mirror.url("good")], TIMEOUT_SECONDS, destination)
+    used = fetch.download([mirror.url("good")], TIMEOUT_SECONDS, destination)
     assert used == {item.name: mirror.url("good") for item in synthetic_raw.files}
     assert files_in(destination) == sorted(f"{item.name}.gz" for item in synthetic_raw.files)
     for name, payload in synthetic_raw.gz_bytes.items():
@@ -43,7 +43,7 @@ def test_downloads_and_verifies_all_files_over_http(mirror, synthetic_raw, tmp_p
 
 def test_recompressed_mirror_is_accepted_by_content_checksum(mirror, synthetic_raw, tmp_path: Path) -> None:
     destination = tmp_path / "dest"
-    download.download([mirror.url("recompressed")], TIMEOUT_SECONDS, destination)
+    fetch.download([mirror.url("recompressed")], TIMEOUT_SECONDS, destination)
     saved = (destination / "t10k-labels-idx1-ubyte.gz").read_bytes()
     assert saved != synthetic_raw.gz_bytes["t10k-labels-idx1-ubyte"]
     assert (idx.load_labels(destination / "t10k-labels-idx1-ubyte.gz") == synthetic_raw.labels["t10k"]).all()
@@ -52,7 +52,7 @@ def test_recompressed_mirror_is_accepted_by_content_checksum(mirror, synthetic_r
 @pytest.mark.parametrize("mode", ["missing", "corrupt", "truncated", "slow", "stalled"])
 def test_failing_source_falls_through_to_the_next(mirror, synthetic_raw, tmp_path: Path, mode: str) -> None:
     destination = tmp_path / "dest"
-    used = download.download([mirror.url(mode), mirror.url("good")], TIMEOUT_SECONDS, destination)
+    used = fetch.download([mirror.url(mode), mirror.url("good")], TIMEOUT_SECONDS, destination)
     assert set(used.values()) == {mirror.url("good")}
     # The bad source really was tried first, for every file.
     for item in synthetic_raw.files:
@@ -63,7 +63,7 @@ def test_failing_source_falls_through_to_the_next(mirror, synthetic_raw, tmp_pat
 
 
 def test_unreachable_source_falls_through_to_the_next(mirror, synthetic_raw, tmp_path: Path) -> None:
-    used = download.download([mirror.unreachable_url, mirror.url("good")], TIMEOUT_SECONDS, tmp_path / "d")
+    used = fetch.download([mirror.unreachable_url, mirror.url("good")], TIMEOUT_SECONDS, tmp_path / "d")
     assert set(used.values()) == {mirror.url("good")}
 
 
@@ -80,7 +80,7 @@ def test_when_every_source_fails_the_error_lists_each_source_and_why(mirror, tmp
     ]
     started = time.monotonic()
     with pytest.raises(DataError) as raised:
-        download.download(sources, TIMEOUT_SECONDS, destination)
+        fetch.download(sources, TIMEOUT_SECONDS, destination)
     elapsed = time.monotonic() - started
     message = str(raised.value)
     name = "train-images-idx3-ubyte.gz"
@@ -93,7 +93,7 @@ def test_when_every_source_fails_the_error_lists_each_source_and_why(mirror, tmp
     )
     assert re.search(rf"{re.escape(mirror.unreachable_url)}/{name}: unreachable", message)
     assert f"{missing_dir / name} does not exist" in message
-    assert "dataset-fashion-mnist" in message and download.MIRROR_ENV_VAR in message
+    assert "dataset-fashion-mnist" in message and fetch.MIRROR_ENV_VAR in message
     assert "\n" not in message
     # Bounded: the slow mirror holds its answer for 10 s, the timeout cuts it at 0.5 s.
     assert elapsed < 5
@@ -104,9 +104,9 @@ def test_when_every_source_fails_the_error_lists_each_source_and_why(mirror, tmp
 def test_local_mirror_directory_is_a_source(
     synthetic_raw, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(download, "FILES", synthetic_raw.files)
+    monkeypatch.setattr(fetch, "FILES", synthetic_raw.files)
     destination = tmp_path / "dest"
-    used = download.download([str(synthetic_raw.directory)], TIMEOUT_SECONDS, destination)
+    used = fetch.download([str(synthetic_raw.directory)], TIMEOUT_SECONDS, destination)
     assert set(used.values()) == {str(synthetic_raw.directory)}
     for name, payload in synthetic_raw.gz_bytes.items():
         assert (destination / f"{name}.gz").read_bytes() == payload
@@ -119,7 +119,7 @@ def test_checksum_mismatch_in_a_local_mirror_names_the_file_and_writes_nothing(
     expected = dataclasses.replace(synthetic_raw.files[1], sha256="0" * 64)
     destination = tmp_path / "dest"
     with pytest.raises(DataError) as raised:
-        download.download_file(expected, [str(synthetic_raw.directory)], TIMEOUT_SECONDS, destination)
+        fetch.download_file(expected, [str(synthetic_raw.directory)], TIMEOUT_SECONDS, destination)
     label = f"{synthetic_raw.path(expected.name)}: checksum mismatch"
     assert f"(tried: {label} (sha256 " in str(raised.value)
     assert "expected 0000000000000000...)" in str(raised.value)
@@ -131,26 +131,26 @@ def test_mirror_env_var_is_tried_before_configured_sources(
 ) -> None:
     absent = str(tmp_path / "absent")
     local = str(synthetic_raw.directory)
-    monkeypatch.setenv(download.MIRROR_ENV_VAR, f" {absent} ,{local},")
+    monkeypatch.setenv(fetch.MIRROR_ENV_VAR, f" {absent} ,{local},")
     configured = [mirror.url("good"), local]
-    sources = download.source_list(configured)
+    sources = fetch.source_list(configured)
     assert sources == [absent, local, mirror.url("good")]
-    used = download.download(sources, TIMEOUT_SECONDS, tmp_path / "dest")
+    used = fetch.download(sources, TIMEOUT_SECONDS, tmp_path / "dest")
     assert set(used.values()) == {local}
     assert mirror.requests == []
 
 
 def test_configured_sources_alone_without_mirror_env_var(mirror) -> None:
-    assert download.source_list([mirror.url("good"), "/x"]) == [mirror.url("good"), "/x"]
+    assert fetch.source_list([mirror.url("good"), "/x"]) == [mirror.url("good"), "/x"]
 
 
 def test_bad_download_never_replaces_a_good_file(mirror, synthetic_raw, tmp_path: Path) -> None:
     destination = tmp_path / "dest"
     expected = synthetic_raw.files[1]
-    download.download_file(expected, [mirror.url("good")], TIMEOUT_SECONDS, destination)
+    fetch.download_file(expected, [mirror.url("good")], TIMEOUT_SECONDS, destination)
     good = (destination / f"{expected.name}.gz").read_bytes()
     with pytest.raises(DataError):
-        download.download_file(
+        fetch.download_file(
             expected, [mirror.url("corrupt"), mirror.url("truncated")], TIMEOUT_SECONDS, destination
         )
     assert (destination / f"{expected.name}.gz").read_bytes() == good

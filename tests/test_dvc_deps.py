@@ -133,7 +133,7 @@ def test_a_listed_directory_covers_its_files() -> None:
     assert missing_code_deps({"train": train}) == {}
     # A prefix of the name is not the directory.
     train["deps"][-1] = "src/fashion"
-    assert "src/fashion_cnn/train.py" in missing_code_deps({"train": train})["train"]
+    assert "src/fashion_cnn/stages/train.py" in missing_code_deps({"train": train})["train"]
 
 
 def test_closure_follows_subpackages_relative_and_function_imports(

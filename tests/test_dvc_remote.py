@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import DATASET_DIR, needs_dataset
 
-from fashion_cnn import download
+from fashion_cnn import fetch
 
 DVC = str(Path(sys.executable).parent / "dvc")
 # The stages whose outputs live in the DVC cache (and so on the remote); reports are committed to git.
@@ -47,7 +47,7 @@ def test_dvc_push_then_pull_in_a_fresh_clone_restores_everything_without_retrain
     dvc_project: Path, tmp_path: Path, run_command, git_commit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     project = dvc_project
-    monkeypatch.setenv(download.MIRROR_ENV_VAR, str(DATASET_DIR))
+    monkeypatch.setenv(fetch.MIRROR_ENV_VAR, str(DATASET_DIR))
     tiny_quick_params(project)
     git_commit(project, "tiny quick params")
 
@@ -72,7 +72,7 @@ def test_dvc_push_then_pull_in_a_fresh_clone_restores_everything_without_retrain
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{clone_store}")
     monkeypatch.delenv("FASHION_CNN_ROOT")
     # No mirror either: a download would fail.
-    monkeypatch.delenv(download.MIRROR_ENV_VAR)
+    monkeypatch.delenv(fetch.MIRROR_ENV_VAR)
 
     run_command([DVC, "pull"], clone)
     for folder in CACHED_OUTPUTS:

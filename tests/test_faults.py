@@ -25,7 +25,7 @@ import pytest
 import yaml
 from conftest import DATASET_DIR, needs_dataset
 
-from fashion_cnn import download
+from fashion_cnn import fetch, training
 
 DVC = str(Path(sys.executable).parent / "dvc")
 EPOCHS = 5
@@ -52,9 +52,9 @@ def tiny_params(project: Path) -> None:
 def start_repro(project: Path, *arguments: str, mirror: str | None = None) -> subprocess.Popen[str]:
     """`dvc repro ...` in its own process group, as a terminal runs it (Ctrl-C reaches the whole group)."""
     environment = os.environ.copy()
-    environment.pop(download.MIRROR_ENV_VAR, None)
+    environment.pop(fetch.MIRROR_ENV_VAR, None)
     if mirror:
-        environment[download.MIRROR_ENV_VAR] = mirror
+        environment[fetch.MIRROR_ENV_VAR] = mirror
     return subprocess.Popen(
         [DVC, "repro", *arguments], cwd=project, env=environment, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
@@ -133,7 +133,7 @@ def history_without_seconds(path: Path) -> list[list[str]]:
 @pytest.fixture
 def slow_mirror(http_mirror) -> Iterator:
     """The HTTP mirror serving the real files in 'slow' mode: a request hangs until release is set."""
-    for item in download.FILES:
+    for item in fetch.FILES:
         http_mirror.files[item.name] = (DATASET_DIR / f"{item.name}.gz").read_bytes()
     http_mirror.server.slow_seconds = 300
     yield http_mirror
@@ -161,7 +161,7 @@ def test_interrupted_stages_leave_nothing_finished_and_the_next_repro_completes(
     first_code, first_output = finish(first)
     assert first_code == 0, first_output
     assert locked_stages(project) == {"download"}
-    for item in download.FILES:
+    for item in fetch.FILES:
         name = f"{item.name}.gz"
         assert (project / "data/raw" / name).read_bytes() == (DATASET_DIR / name).read_bytes()
 
@@ -185,7 +185,7 @@ def test_interrupted_stages_leave_nothing_finished_and_the_next_repro_completes(
     assert code != 0
     assert "Running stage 'download'" in output or "Stage 'download' is cached" in output, output
     assert "interrupted" in output, output
-    for item in download.FILES:
+    for item in fetch.FILES:
         name = f"{item.name}.gz"
         assert (project / "data/raw" / name).read_bytes() == (DATASET_DIR / name).read_bytes()
     assert locked_stages(project) == {"download"}
@@ -253,7 +253,11 @@ def test_interrupted_stages_leave_nothing_finished_and_the_next_repro_completes(
     resumed_metrics = json.loads((project / "reports/train/metrics.json").read_text())
     assert [row[0] for row in resumed_history[1:]] == [str(epoch) for epoch in range(1, EPOCHS + 1)]
     result = subprocess.run(
-        [sys.executable, "-m", "fashion_cnn.train"], cwd=project, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "fashion_cnn.stages.train"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming" not in result.stdout
@@ -277,7 +281,7 @@ def test_full_disk_while_preparing_is_one_line_and_leaves_no_partial_file(
     # 64 KiB: the 100 training images (314 KB as float32) do not fit.
     small_tmpfs(prepared_dir, "64k")
     result = subprocess.run(
-        [sys.executable, "-m", "fashion_cnn.prepare", "data.validation_size=20"],
+        [sys.executable, "-m", "fashion_cnn.stages.prepare", "data.validation_size=20"],
         cwd=project, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 1
@@ -298,7 +302,7 @@ def test_a_checkpoint_of_other_params_is_discarded_not_resumed(make_config, tmp_
     import mlflow
     import numpy as np
 
-    from fashion_cnn import checkpoint, runtime, train
+    from fashion_cnn import checkpoint, runtime
     from fashion_cnn.data import Split
 
     checkpoint_dir = tmp_path / "checkpoints" / "train"
@@ -315,7 +319,7 @@ def test_a_checkpoint_of_other_params_is_discarded_not_resumed(make_config, tmp_
     settings = runtime.resolve_runtime(config.train, "CPU", None)
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     with mlflow.start_run():
-        _, rows = train.fit(config, split, split, settings, None, checkpoint_dir=checkpoint_dir)
+        _, rows = training.fit(config, split, split, settings, None, checkpoint_dir=checkpoint_dir)
     printed = capsys.readouterr().out
     assert f"discarding the checkpoint in {checkpoint_dir}" in printed
     assert "resuming" not in printed

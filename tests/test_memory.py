@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fashion_cnn import config, memory, model
+from fashion_cnn import costs, layers, model
 
 # Multiply-adds per image of the seed CNN, layer by layer:
 # conv 64 7x7 on 28x28x1, conv 128 3x3 on 14x14x64, conv 128 3x3 on 14x14x128, conv 256 3x3 on 7x7x128,
@@ -25,35 +25,35 @@ SEED_CNN_MULTIPLY_ADDS = (
 )
 
 
-def tiny_model_config() -> config.ModelConfig:
+def tiny_model_config() -> model.ModelConfig:
     """Input 4x4x1 -> conv 2 (4x4x2 = 32 values) -> max pool (2x2x2 = 8) -> flatten (8) -> dense 10."""
-    return config.ModelConfig(
+    return model.ModelConfig(
         name="tiny",
         input_shape=[4, 4, 1],
         layers=[
-            config.ConvLayer(type="conv", filters=2, kernel_size=3),
-            config.PoolLayer(type="max_pool"),
-            config.FlattenLayer(type="flatten"),
-            config.DenseLayer(type="dense", units=10, activation="softmax"),
+            layers.ConvLayer(type="conv", filters=2, kernel_size=3),
+            layers.PoolLayer(type="max_pool"),
+            layers.FlattenLayer(type="flatten"),
+            layers.DenseLayer(type="dense", units=10, activation="softmax"),
         ],
     )
 
 
 def test_conv_layer_cost_reproduces_the_seed_example() -> None:
-    cost = memory.conv_layer_cost((150, 100), channels=3, kernel=5, filters=200, stride=1, padding="same")
+    cost = costs.conv_layer_cost((150, 100), channels=3, kernel=5, filters=200, stride=1, padding="same")
     assert cost.output_shape == (150, 100, 200)
     assert cost.parameters == 15_200
     assert cost.multiply_adds == 225_000_000
     assert cost.output_bytes(4) == 12_000_000
     assert cost.output_bytes(4) * 100 == 1_200_000_000
     assert cost.output_bytes(2) == 6_000_000
-    line = memory.seed_example_line()
+    line = costs.seed_example_line()
     for expected in ("15,200 parameters", "225,000,000 multiplications", "12 MB per instance", "1.2 GB"):
         assert expected in line
 
 
 def test_conv_layer_cost_with_stride_and_valid_padding() -> None:
-    cost = memory.conv_layer_cost((13, 13), channels=1, kernel=6, filters=4, stride=5, padding="valid")
+    cost = costs.conv_layer_cost((13, 13), channels=1, kernel=6, filters=4, stride=5, padding="valid")
     assert cost.output_shape == (2, 2, 4)
     assert cost.multiply_adds == 2 * 2 * 4 * 36
 
@@ -62,12 +62,12 @@ def test_conv_layer_cost_with_stride_and_valid_padding() -> None:
     ("count", "text"), [(12_000_000, "12 MB"), (1_200_000_000, "1.2 GB"), (3136, "3.14 kB")]
 )
 def test_format_bytes_uses_decimal_units(count: int, text: str) -> None:
-    assert memory.format_bytes(count) == text
+    assert costs.format_bytes(count) == text
 
 
 def test_default_model_numbers(make_config) -> None:
     project_config = make_config()
-    report = memory.memory_report(project_config.model, project_config.train.batch_size)
+    report = costs.memory_report(project_config.model, project_config.train.batch_size)
     assert report["totals"]["parameters"] == 1_413_834 == model.count_parameters(project_config.model)
     assert report["totals"]["multiply_adds"] == SEED_CNN_MULTIPLY_ADDS
     first_conv = report["layers"][1]
@@ -80,15 +80,15 @@ def test_default_model_numbers(make_config) -> None:
 def test_parameters_per_layer_equal_keras(make_config) -> None:
     project_config = make_config("model=lenet5")
     keras_model = model.build_model(project_config.model)
-    costs = memory.layer_costs(project_config.model)[1:]
-    assert [cost.parameters for cost in costs] == [layer.count_params() for layer in keras_model.layers]
-    assert [cost.output_shape for cost in costs] == [
+    layer_costs = costs.layer_costs(project_config.model)[1:]
+    assert [cost.parameters for cost in layer_costs] == [layer.count_params() for layer in keras_model.layers]
+    assert [cost.output_shape for cost in layer_costs] == [
         tuple(layer.output.shape[1:]) for layer in keras_model.layers
     ]
 
 
 def test_batch_memory_for_training_and_inference() -> None:
-    report = memory.memory_report(tiny_model_config(), batch_size=5)
+    report = costs.memory_report(tiny_model_config(), batch_size=5)
     # Values per image: input 16, conv 32, pool 8, flatten 8, dense 10 = 74.
     assert report["batch"]["training_activation_bytes"] == {"float32": 5 * 74 * 4, "float16": 5 * 74 * 2}
     # The largest two consecutive layers: input + conv = 48 values.
@@ -98,36 +98,36 @@ def test_batch_memory_for_training_and_inference() -> None:
 
 def test_estimate_training_bytes(make_config) -> None:
     default = make_config()
-    report = memory.memory_report(default.model, default.train.batch_size)
+    report = costs.memory_report(default.model, default.train.batch_size)
     activations = report["batch"]["training_activation_bytes"]["float32"]
     weights = report["totals"]["parameter_bytes"]
     # Nadam: weights, gradients, and two moments per weight.
-    assert memory.estimate_training_bytes(default) == activations + 4 * weights
+    assert costs.estimate_training_bytes(default) == activations + 4 * weights
     half = make_config("train.mixed_precision=mixed_float16")
-    assert memory.estimate_training_bytes(half) == activations // 2 + 4 * weights
+    assert costs.estimate_training_bytes(half) == activations // 2 + 4 * weights
     plain_sgd = make_config("train.optimizer=sgd", "train.momentum=0.0")
-    assert memory.estimate_training_bytes(plain_sgd) == activations + 2 * weights
+    assert costs.estimate_training_bytes(plain_sgd) == activations + 2 * weights
     bigger = make_config("train.batch_size=320")
-    assert memory.estimate_training_bytes(bigger) == 10 * activations + 4 * weights
+    assert costs.estimate_training_bytes(bigger) == 10 * activations + 4 * weights
 
 
 def test_memory_warning(make_config) -> None:
     project_config = make_config()
-    message = memory.memory_warning(project_config, available_bytes=1_000_000)
+    message = costs.memory_warning(project_config, available_bytes=1_000_000)
     assert message is not None and "train.batch_size = 32" in message and "\n" not in message
-    assert memory.memory_warning(project_config, available_bytes=10**12) is None
-    assert memory.available_memory_bytes() is None or memory.available_memory_bytes() > 0
+    assert costs.memory_warning(project_config, available_bytes=10**12) is None
+    assert costs.available_memory_bytes() is None or costs.available_memory_bytes() > 0
 
 
 def test_markdown_has_a_row_per_layer_and_the_totals(make_config) -> None:
     project_config = make_config()
-    report = memory.memory_report(project_config.model, project_config.train.batch_size)
-    markdown = memory.format_markdown(report)
+    report = costs.memory_report(project_config.model, project_config.train.batch_size)
+    markdown = costs.format_markdown(report)
     table_rows = [line for line in markdown.splitlines() if line.startswith("| ")]
     # Header, every layer, total; then the batch table's header and two rows.
     assert len(table_rows) == 1 + len(report["layers"]) + 1 + 3
     assert "**1,413,834**" in markdown and "One batch of 32 images" in markdown
-    assert memory.seed_example_line() in markdown
+    assert costs.seed_example_line() in markdown
 
 
 def test_stage_writes_the_reports_and_logs_them(project: Path, run_stage) -> None:

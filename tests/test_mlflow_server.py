@@ -24,12 +24,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import DATASET_DIR, HAS_DATASET, make_synthetic_raw, missing_requirement
+from conftest import DATASET_DIR, HAS_DATASET, make_synthetic_raw, missing_requirement, stage_process
 from PIL import Image
 from servers import VENV_BIN, MlflowServer, free_port
 
 from fashion_cnn import config as config_module
-from fashion_cnn import data, download, predict, prepare
+from fashion_cnn import data, fetch
+from fashion_cnn.stages import prepare
+from fashion_cnn.tools import predict
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +71,7 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory, project_copier) -> Ti
         raw_dir = make_synthetic_raw(root.parent / "raw", n_train=1600, n_test=500).directory
     params = config_module.validate(yaml.safe_load((root / "params.yaml").read_text()))
     prepare.prepare(raw_dir, root / "data" / "prepared", params.data.model_copy(update=TINY_DATA))
-    test_images, test_labels = prepare.load_raw(raw_dir, "t10k")
+    test_images, test_labels = data.load_raw(raw_dir, "t10k")
     count = TINY_DATA["max_test_images"]
     return TinyProject(root, test_images[:count], test_labels[:count])
 
@@ -78,7 +80,7 @@ def stage_environment(tracking_uri: str) -> dict[str, str]:
     """The environment a stage runs in: this venv first, MLflow at `tracking_uri`, no root override."""
     environment = os.environ.copy()
     environment.pop("FASHION_CNN_ROOT", None)
-    environment.pop(download.MIRROR_ENV_VAR, None)
+    environment.pop(fetch.MIRROR_ENV_VAR, None)
     environment.update(
         MLFLOW_TRACKING_URI=tracking_uri,
         PATH=f"{VENV_BIN}{os.pathsep}{environment.get('PATH', '')}",
@@ -88,11 +90,8 @@ def stage_environment(tracking_uri: str) -> dict[str, str]:
 
 
 def run_stage(stage: str, *overrides: str, cwd: Path, environment: dict[str, str]) -> str:
-    """Run `python -m fashion_cnn.<stage>` to completion; its output, or a failure showing it."""
-    result = subprocess.run(
-        [sys.executable, "-m", f"fashion_cnn.{stage}", *overrides],
-        cwd=cwd, env=environment, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+    """Run a stage to completion; its output, or a failure showing it."""
+    result = stage_process(stage, *overrides, cwd=cwd, env=environment, timeout=600)
     assert result.returncode == 0, (
         f"{stage} exited {result.returncode}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
     )
@@ -352,13 +351,13 @@ def test_served_model_predicts_what_the_predict_cli_says(trained_runs: TrainedRu
     with (
         open(log, "w") as log_file,
         _process_group(
-            [sys.executable, "-m", "fashion_cnn.serve", "--port", str(port)],
+            [sys.executable, "-m", "fashion_cnn.tools.serve", "--port", str(port)],
             cwd=project.root, env=environment, stdout=log_file, stderr=subprocess.STDOUT,
         ) as server,
     ):  # fmt: skip
         # The predict CLI runs while the server loads TensorFlow: both take seconds of CPU.
         cli = subprocess.run(
-            [sys.executable, "-m", "fashion_cnn.predict", "--json", "--top", "1", *map(str, png_paths)],
+            [sys.executable, "-m", "fashion_cnn.tools.predict", "--json", "--top", "1", *map(str, png_paths)],
             cwd=project.root, env=environment, capture_output=True, text=True, timeout=300, check=False,
         )  # fmt: skip
         wait_for_ping(url, server, log)

@@ -16,14 +16,14 @@ from fashion_cnn import (
     config,
     data,
     history,
+    learned_figures,
     model,
-    model_figures,
     paths,
     plotting,
     tracking,
     trained_model,
 )
-from fashion_cnn.config import DataError
+from fashion_cnn.errors import DataError
 
 HISTORY_CSV = (
     "epoch,loss,accuracy,val_loss,val_accuracy,epoch_seconds\n"
@@ -82,8 +82,8 @@ def load_inputs(project: Path) -> tuple[keras.Model, data.Split, list[dict[str, 
 def test_conv_outputs_equal_the_layer_math(model_project: Path) -> None:
     trained, test, _ = load_inputs(model_project)
     images = test.images[:3]
-    outputs = model_figures.conv_outputs(trained, images)
-    conv_layers = model_figures.conv_layers(trained)
+    outputs = learned_figures.conv_outputs(trained, images)
+    conv_layers = learned_figures.conv_layers(trained)
     assert [output.shape[-1] for output in outputs] == [layer.filters for layer in conv_layers]
     first = conv_layers[0]
     expected = tf.nn.relu(tf.nn.conv2d(images, first.kernel, strides=1, padding="SAME") + first.bias).numpy()
@@ -93,7 +93,7 @@ def test_conv_outputs_equal_the_layer_math(model_project: Path) -> None:
 def test_one_image_per_class_takes_the_first_of_each() -> None:
     labels = np.array([3, 1, 3, 0, 1], dtype=np.uint8)
     split = data.Split(np.arange(5, dtype=np.float32).reshape(5, 1, 1, 1), labels)
-    images, chosen_labels = model_figures.one_image_per_class(split)
+    images, chosen_labels = learned_figures.one_image_per_class(split)
     assert chosen_labels.tolist() == [0, 1, 3]
     assert images[:, 0, 0, 0].tolist() == [3.0, 1.0, 0.0]
 
@@ -117,7 +117,7 @@ def test_missing_model_is_a_data_error(tmp_path: Path) -> None:
 def test_misclassified_figure_counts_the_mistakes() -> None:
     labels = np.array([0, 1, 2, 3], dtype=np.uint8)
     probabilities = np.eye(10, dtype=np.float32)[[0, 2, 2, 5]]  # images 1 and 3 are wrong
-    figure = model_figures.misclassified_figure(np.zeros((4, 28, 28, 1), np.float32), labels, probabilities)
+    figure = learned_figures.misclassified_figure(np.zeros((4, 28, 28, 1), np.float32), labels, probabilities)
     assert "2 of 4 (50.0%)" in figure.get_suptitle()
     titles = [axes.get_title() for axes in figure.axes if axes.get_title()]
     assert titles == [
@@ -159,7 +159,7 @@ def test_stage_writes_every_figure_logs_them_to_the_model_run_and_is_byte_stable
     for path in output_dir.iterdir():
         png_check(path)
 
-    rerendered = model_figures.render_model_figures(*load_inputs(model_project), tmp_path / "again")
+    rerendered = learned_figures.render_model_figures(*load_inputs(model_project), tmp_path / "again")
     for path in rerendered:
         assert path.read_bytes() == (output_dir / path.name).read_bytes(), f"{path.name} differs between runs"
 

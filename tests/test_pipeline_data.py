@@ -14,7 +14,7 @@ import pytest
 import yaml
 from conftest import DATASET_DIR, needs_dataset
 
-from fashion_cnn import data, download
+from fashion_cnn import data, fetch
 
 pytestmark = [
     pytest.mark.slow,
@@ -57,12 +57,12 @@ def test_dvc_repro_download_and_prepare(
 
     edit_params(project, shrink)
     git_commit(project, "small, offline params")
-    monkeypatch.setenv(download.MIRROR_ENV_VAR, str(DATASET_DIR))
+    monkeypatch.setenv(fetch.MIRROR_ENV_VAR, str(DATASET_DIR))
 
     dvc("repro", "prepare")
 
     raw_files = sorted(path.name for path in (project / "data" / "raw").iterdir())
-    assert raw_files == sorted(f"{item.name}.gz" for item in download.FILES)
+    assert raw_files == sorted(f"{item.name}.gz" for item in fetch.FILES)
     for name in raw_files:
         assert (project / "data" / "raw" / name).read_bytes() == (DATASET_DIR / name).read_bytes()
     prepared = project / "data" / "prepared"

@@ -15,11 +15,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from fashion_cnn import CLASS_NAMES, predict
-from fashion_cnn.config import DataError, validate
-from fashion_cnn.data import STATS_FILE, save_npz
+from fashion_cnn import CLASS_NAMES
+from fashion_cnn.config import validate
+from fashion_cnn.data import STATS_FILE, save_npz, split_and_standardize
+from fashion_cnn.errors import DataError
 from fashion_cnn.idx import load_images, load_labels
-from fashion_cnn.prepare import split_and_standardize
+from fashion_cnn.tools import predict
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_IMAGES = 2000
@@ -230,7 +231,7 @@ def test_top_must_be_between_1_and_10() -> None:
 def test_cli_json_agrees_with_the_model_on_dark_and_light_images(trained: TrainedProject) -> None:
     """The real command in a fresh process, run outside the repository."""
     files = [trained.dark_png, trained.light_png, trained.light_jpg]
-    command = [sys.executable, "-m", "fashion_cnn.predict", *map(str, files), "--json", "--top", "10"]
+    command = [sys.executable, "-m", "fashion_cnn.tools.predict", *map(str, files), "--json", "--top", "10"]
     command += ["--model", str(trained.model_file), "--prepared-dir", str(trained.prepared_dir)]
     completed = subprocess.run(
         command, cwd=trained.model_file.parent, capture_output=True, text=True, timeout=300, check=False

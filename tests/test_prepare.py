@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from fashion_cnn import data, prepare
-from fashion_cnn.config import ConfigError, DataError
+from fashion_cnn import data
+from fashion_cnn.errors import ConfigError, DataError
 from fashion_cnn.idx import encode_idx
+from fashion_cnn.stages import prepare
 
 if TYPE_CHECKING:
     from conftest import SyntheticRaw

@@ -16,9 +16,10 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from fashion_cnn import augmentation, memory, model, recipe
+from fashion_cnn import augmentation, costs, model, recipe
 from fashion_cnn import config as config_module
 from fashion_cnn.data import Split
+from fashion_cnn.tools import sweep_report
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET_EXPERIMENT = "cpu_15min"
@@ -83,12 +84,12 @@ def test_residual_block_adds_its_input_to_the_convolution_path():
 
 
 def test_multiply_adds_of_recipe_layers_reach_the_memory_report():
-    costs = {cost.name: cost for cost in memory.layer_costs(model_config(RECIPE_LAYERS))}
+    by_name = {cost.name: cost for cost in costs.layer_costs(model_config(RECIPE_LAYERS))}
     # Output 28x28: depthwise 3x3 over 16 channels, then 1x1 from 16 to 12 channels.
-    assert costs["03_separable_conv"].multiply_adds == 28 * 28 * 16 * (9 + 12)
+    assert by_name["03_separable_conv"].multiply_adds == 28 * 28 * 16 * (9 + 12)
     # Output 14x14x16: 3x3 convs from 12 and from 16 channels, plus the 1x1 projection from 12.
-    assert costs["04_residual"].multiply_adds == 14 * 14 * 16 * (9 * (12 + 16) + 12)
-    assert costs["05_residual"].multiply_adds == 14 * 14 * 16 * 9 * (16 + 16)
+    assert by_name["04_residual"].multiply_adds == 14 * 14 * 16 * (9 * (12 + 16) + 12)
+    assert by_name["05_residual"].multiply_adds == 14 * 14 * 16 * 9 * (16 + 16)
 
 
 @pytest.mark.parametrize(
@@ -343,8 +344,6 @@ def log_training_run(name: str, params: dict, metrics: dict, status: str = "FINI
 @pytest.mark.slow
 def test_sweep_report_tables_the_runs_and_draws_the_frontier(project: Path, png_check, capsys):
     import mlflow
-
-    from fashion_cnn import sweep_report
 
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     assert sweep_report.main([]) == 1

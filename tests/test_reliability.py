@@ -1,11 +1,11 @@
 """Reliability: bad params and bad data stop a real stage with one line; unsafe code forms stay out.
 
 Every bad-params case of issue #9 runs through a stage's real entry point (`main`, the function
-`python -m fashion_cnn.<stage>` calls: Hydra parses the overrides, the schema validates, the CLI
+`python -m fashion_cnn.stages.<stage>` calls: Hydra parses the overrides, the schema validates, the CLI
 wrapper prints) in its own copy of the project whose data/ and reports/ hold files that must stay
 untouched. TensorFlow takes ~10 s of CPU to import, so the cases share one interpreter that imports
 the stages once and calls `main` per case; the commonest mistake (a typo in a key) also runs as its
-own `python -m fashion_cnn.train` process.
+own `python -m fashion_cnn.stages.train` process.
 The faults (signals, resume, locks, a full disk) are in test_faults.py.
 """
 
@@ -30,10 +30,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import make_synthetic_raw
+from conftest import make_synthetic_raw, stage_process
 
-from fashion_cnn import atomic, config, data, download, prepare
+from fashion_cnn import atomic, config, data, errors, fetch
 from fashion_cnn.idx import encode_idx
+from fashion_cnn.stages import prepare
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # What a stage writes: nothing under these may change when its params are bad.
@@ -47,7 +48,7 @@ cases_file, results_file = sys.argv[1:3]
 cases = json.load(open(cases_file))
 results = {}
 for case in cases:
-    module = importlib.import_module("fashion_cnn." + case["stage"])
+    module = importlib.import_module("fashion_cnn.stages." + case["stage"])
     os.chdir(case["project"])
     os.environ.update(FASHION_CNN_ROOT=case["project"], MLFLOW_TRACKING_URI=case["tracking_uri"])
     sys.argv = [module.__file__, *case["overrides"]]
@@ -104,7 +105,7 @@ class Case:
     # The problem shows only in the data, after the stage opened its MLflow run: that run must end
     # FAILED. Otherwise no run (no store) may exist and no output may change.
     opens_run: bool = False
-    # Runs again as its own `python -m fashion_cnn.<stage>` process.
+    # Runs again as its own `python -m fashion_cnn.stages.<stage>` process.
     subprocess: bool = False
 
 
@@ -257,7 +258,7 @@ def corrupt_mirror(project: Path) -> None:
 
     Only the checksum tells them apart, and no real dataset is needed for this case.
     """
-    expected = download.FILES[0]
+    expected = fetch.FILES[0]
     header_bytes = 16  # IDX magic number and three dimensions
     count, remainder = divmod(expected.size - header_bytes, 28 * 28)
     assert remainder == 0, expected
@@ -397,13 +398,10 @@ def subprocess_environment() -> dict[str, str]:
 
 
 def run_module(run: StageRun, case: Case) -> None:
-    """`python -m fashion_cnn.<stage> <overrides>` in the case's copy, as a user runs it."""
+    """The case's stage with its overrides in the case's copy, as a user runs it."""
     environment = subprocess_environment() | {"MLFLOW_TRACKING_URI": f"sqlite:///{run.store}"}
     overrides = [item.format(project=run.project) for item in case.overrides]
-    result = subprocess.run(
-        [sys.executable, "-m", f"fashion_cnn.{case.stage}", *overrides],
-        cwd=run.project, env=environment, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    result = stage_process(case.stage, *overrides, cwd=run.project, env=environment)
     run.code, run.stderr = result.returncode, result.stderr
 
 
@@ -536,7 +534,7 @@ def test_full_disk_saving_prepared_arrays(small_tmpfs, tmp_path: Path) -> None:
     folder = tmp_path / "prepared"
     small_tmpfs(folder, "64k")
     target = folder / "train.npz"
-    with pytest.raises(config.FashionCnnError) as raised:
+    with pytest.raises(errors.FashionCnnError) as raised:
         # (100, 28, 28, 1) float32: 314 KB on a 64 KiB disk.
         data.save_npz(target, images=np.zeros((100, 28, 28, 1), np.float32), labels=np.zeros(100, np.uint8))
     assert str(raised.value) == f"{target}: {NO_SPACE}; no partial file was left"
@@ -552,7 +550,7 @@ def test_full_disk_saving_a_model_keeps_the_previous_one(small_tmpfs, make_confi
     previous.write_bytes(b"the previous model\n")
     # What train.train does with the trained model: 61,130 parameters, about 750 KB.
     model = build_model(make_config("model=small_cnn").model)
-    no_space = pytest.raises(config.FashionCnnError, match=re.escape(f"{previous}: {NO_SPACE}"))
+    no_space = pytest.raises(errors.FashionCnnError, match=re.escape(f"{previous}: {NO_SPACE}"))
     with no_space, atomic.atomic_path(previous, suffix=".keras") as temp_path:
         model.save(temp_path)
     assert previous.read_bytes() == b"the previous model\n"
@@ -585,7 +583,7 @@ def test_files_written_together_are_all_replaced_or_none_is(
     for path in (first, second):
         data.save_npz(path, values=np.zeros(4, np.uint8))
     before = {path.name: path.read_bytes() for path in (first, second)}
-    expected = config.FashionCnnError if failure == "full disk" else KeyboardInterrupt
+    expected = errors.FashionCnnError if failure == "full disk" else KeyboardInterrupt
     with pytest.raises(expected), atomic.together():
         data.save_npz(first, values=np.ones(4, np.uint8))  # written, its rename held back
         if failure == "interrupt":

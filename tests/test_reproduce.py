@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fashion_cnn import reproduce
-from fashion_cnn.config import FashionCnnError
+from fashion_cnn.errors import FashionCnnError
+from fashion_cnn.tools import reproduce
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,7 @@ def test_cli_fails_before_any_work_when_the_reported_metrics_are_missing(tmp_pat
     for name in ("params.yaml", "dvc.yaml"):
         (project / name).write_text((ROOT / name).read_text())
     result = subprocess.run(
-        [sys.executable, "-m", "fashion_cnn.reproduce", "--profile", "quick"],
+        [sys.executable, "-m", "fashion_cnn.tools.reproduce", "--profile", "quick"],
         cwd=project, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 1
@@ -72,7 +72,7 @@ def test_cli_fails_before_any_work_when_the_reported_metrics_are_missing(tmp_pat
 def test_quick_profile_reproduces_its_committed_accuracy():
     """The end-to-end check: real `dvc repro` of every stage in a clean copy, quick preset."""
     result = subprocess.run(
-        [sys.executable, "-m", "fashion_cnn.reproduce", "--profile", "quick", "--tolerance", "0.01"],
+        [sys.executable, "-m", "fashion_cnn.tools.reproduce", "--profile", "quick", "--tolerance", "0.01"],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]

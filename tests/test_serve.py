@@ -1,4 +1,4 @@
-"""`make serve` (python -m fashion_cnn.serve): what it runs, and a one-line error without a model.
+"""`make serve` (python -m fashion_cnn.tools.serve): what it runs, and a one-line error without a model.
 
 Serving a real model over HTTP is tested in test_mlflow_server.py.
 """
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fashion_cnn import paths, serve
+from fashion_cnn import paths
+from fashion_cnn.tools import serve
 
 
 def test_without_a_trained_model_it_says_so_in_one_line(

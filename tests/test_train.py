@@ -16,10 +16,10 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
-from conftest import tiny_arrays
+from conftest import stage_process, tiny_arrays
 
 from fashion_cnn import config as config_module
-from fashion_cnn import data, evaluate, prepare, trained_model
+from fashion_cnn import data, evaluation, trained_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = ["model=small_cnn", "train.epochs=2", "train.batch_size=32"]
@@ -37,7 +37,7 @@ def tiny_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copytree(ROOT / "conf", project / "conf")
     raw_config = config_module.validate(yaml.safe_load((ROOT / "params.yaml").read_text()))
     data_config = raw_config.data.model_copy(update={"validation_size": 200})
-    splits, mean, std = prepare.split_and_standardize(*tiny_arrays(), data_config)
+    splits, mean, std = data.split_and_standardize(*tiny_arrays(), data_config)
     for name, split in splits.items():
         data.save_npz(project / "data" / "prepared" / f"{name}.npz", images=split.images, labels=split.labels)
     data.save_npz(project / "data" / "prepared" / data.STATS_FILE, mean=mean, std=std)
@@ -50,15 +50,8 @@ def tiny_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def run_stage(project: Path, stage: str, *overrides: str) -> subprocess.CompletedProcess:
-    """Run `python -m fashion_cnn.<stage> overrides...` in the project, as DVC would."""
-    return subprocess.run(
-        [sys.executable, "-m", f"fashion_cnn.{stage}", *overrides],
-        cwd=project,
-        env=os.environ.copy(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    """Run a stage with overrides in the project, as DVC would."""
+    return stage_process(stage, *overrides, cwd=project, timeout=600)
 
 
 def checked(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -154,7 +147,7 @@ def test_gpu_requested_without_one_is_an_error_not_a_silent_cpu_run(tiny_project
 
 def test_sigterm_during_training_ends_the_run_killed_and_writes_no_model(tiny_project: Path):
     process = subprocess.Popen(
-        [sys.executable, "-m", "fashion_cnn.train", *TINY_RUN, "train.epochs=200"],
+        [sys.executable, "-m", "fashion_cnn.stages.train", *TINY_RUN, "train.epochs=200"],
         cwd=tiny_project, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -181,7 +174,7 @@ def test_validation_and_test_loss_are_the_same_plain_cross_entropy(tiny_project:
     assert float(rows[-1]["objective"]) > float(rows[-1]["loss"]) + 0.05
     model = trained_model.load_model(tiny_project / "data/model/model.keras")
     validation = data.load_split(tiny_project / "data/prepared", "validation")
-    scored = evaluate.score(model, validation)
+    scored = evaluation.score(model, validation)
     assert float(rows[-1]["val_loss"]) == pytest.approx(scored["loss"], abs=2e-3)
     assert float(rows[-1]["val_accuracy"]) == pytest.approx(scored["accuracy"], abs=1e-6)
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fashion_cnn.config import FashionCnnError
+from fashion_cnn.errors import FashionCnnError
 
 # Ctrl-C and `kill`: both stop a stage (stage.stage_main turns SIGTERM into KeyboardInterrupt).
 INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)

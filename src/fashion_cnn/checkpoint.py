@@ -23,7 +23,8 @@ import mlflow
 import numpy as np
 
 from fashion_cnn.atomic import signals_deferred, write_json_atomic, write_text_atomic
-from fashion_cnn.config import FashionCnnError, ProjectConfig
+from fashion_cnn.config import ProjectConfig
+from fashion_cnn.errors import FashionCnnError
 
 # The file Keras's BackupAndRestore writes after each epoch: {"epoch": completed epochs, "batch": 0}.
 KERAS_METADATA_FILE = "training_metadata.json"

@@ -1,156 +1,21 @@
-"""The typed schema of params.yaml and its validation with one-line errors (stage.py runs the stages)."""
+"""The typed schema of params.yaml and its validation with one-line errors (cli.py runs the stages).
+
+The model section's layer entries live in layers.py; every other section is declared here.
+"""
 
 from __future__ import annotations
 
 import difflib
-import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-log = logging.getLogger(__name__)
-
-ACTIVATIONS = ("relu", "elu", "gelu", "selu", "swish", "tanh", "sigmoid", "softmax", "linear")
-PositiveInt = Annotated[int, Field(gt=0)]
-
-
-class FashionCnnError(Exception):
-    """A problem caused by the user's input (params, data, files); printed as one line, exit 1."""
-
-
-class ConfigError(FashionCnnError):
-    """The composed config breaks the schema or describes an impossible model."""
-
-
-class DataError(FashionCnnError):
-    """An input file is missing, corrupt or inconsistent."""
-
-
-class Strict(BaseModel):
-    """Base for every config section: unknown keys are errors, types are not coerced silently."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-# ---- model layers: the architecture is data, one entry per Keras layer ----
-
-
-class ConvFields(Strict):
-    """What every convolution entry has (not a layer type itself: subclasses narrow `type`)."""
-
-    type: str
-    filters: PositiveInt
-    kernel_size: PositiveInt
-    strides: PositiveInt = 1
-    padding: Literal["same", "valid"] = "same"
-    activation: Literal[ACTIVATIONS] = "relu"
-
-
-class ConvLayer(ConvFields):
-    type: Literal["conv"]
-
-
-class PoolLayer(Strict):
-    type: Literal["max_pool", "avg_pool"]
-    pool_size: PositiveInt = 2
-    # Keras default: strides equal to pool_size.
-    strides: PositiveInt | None = None
-    padding: Literal["same", "valid"] = "valid"
-
-
-class FlattenLayer(Strict):
-    type: Literal["flatten"]
-
-
-class DenseLayer(Strict):
-    type: Literal["dense"]
-    units: PositiveInt
-    activation: Literal[ACTIVATIONS] = "relu"
-
-
-class DropoutLayer(Strict):
-    type: Literal["dropout"]
-    rate: Annotated[float, Field(ge=0.0, lt=1.0)]
-
-
-class BatchNormLayer(Strict):
-    type: Literal["batch_norm"]
-    # Weight of the old value in the moving mean and variance used at inference (Keras default 0.99;
-    # 0.9, PyTorch's default, suits runs of a few thousand steps).
-    momentum: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
-
-
-class ActivationLayer(Strict):
-    """A bare activation, for conv (activation linear) -> batch_norm -> activation orderings."""
-
-    type: Literal["activation"]
-    activation: Literal[ACTIVATIONS]
-
-
-class GlobalAvgPoolLayer(Strict):
-    type: Literal["global_avg_pool"]
-
-
-class SeparableConvLayer(ConvFields):
-    """Depthwise-separable convolution: one kernel per input channel, then a 1x1 conv mixing channels."""
-
-    type: Literal["separable_conv"]
-    # Depthwise outputs per input channel.
-    depth_multiplier: PositiveInt = 1
-
-
-class ResidualLayer(Strict):
-    """A ResNet basic block: conv-bn-activation-conv-bn plus a shortcut, then the activation.
-
-    The shortcut is the input itself, or a 1x1 conv with batch norm when `strides` or `filters`
-    change the shape. Convolutions use "same" padding and no bias (batch norm's offset replaces it).
-    """
-
-    type: Literal["residual"]
-    filters: PositiveInt
-    kernel_size: PositiveInt = 3
-    strides: PositiveInt = 1
-    activation: Literal[ACTIVATIONS] = "relu"
-    # Momentum of the block's batch norms (see BatchNormLayer).
-    batch_norm_momentum: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
-
-
-Layer = Annotated[
-    ConvLayer
-    | PoolLayer
-    | FlattenLayer
-    | DenseLayer
-    | DropoutLayer
-    | BatchNormLayer
-    | ActivationLayer
-    | GlobalAvgPoolLayer
-    | SeparableConvLayer
-    | ResidualLayer,
-    Field(discriminator="type"),
-]
-LAYER_TYPES = (
-    "conv",
-    "max_pool",
-    "avg_pool",
-    "flatten",
-    "dense",
-    "dropout",
-    "batch_norm",
-    "activation",
-    "global_avg_pool",
-    "separable_conv",
-    "residual",
-)
-
-
-class ModelConfig(Strict):
-    name: str
-    # Height, width, channels.
-    input_shape: Annotated[list[PositiveInt], Field(min_length=3, max_length=3)]
-    layers: list[Layer] = Field(min_length=1)
-
+from fashion_cnn.atomic import write_text_atomic
+from fashion_cnn.errors import ConfigError
+from fashion_cnn.layers import DenseLayer, PositiveInt, Strict
+from fashion_cnn.model import LAYER_CLASSES, LAYER_TYPES, ModelConfig, infer_shapes
 
 # ---- data, training, tracking ----
 
@@ -272,21 +137,6 @@ def allowed_keys(config_class: type[BaseModel], loc: tuple, raw: Any) -> list[st
     return []
 
 
-LAYER_CLASSES = {
-    "conv": ConvLayer,
-    "max_pool": PoolLayer,
-    "avg_pool": PoolLayer,
-    "flatten": FlattenLayer,
-    "dense": DenseLayer,
-    "dropout": DropoutLayer,
-    "batch_norm": BatchNormLayer,
-    "activation": ActivationLayer,
-    "global_avg_pool": GlobalAvgPoolLayer,
-    "separable_conv": SeparableConvLayer,
-    "residual": ResidualLayer,
-}
-
-
 def _dotted(loc: tuple) -> str:
     """('model', 'layers', 3, 'conv', 'filters') -> 'model.layers.3.filters'."""
     kept = [str(part) for index, part in enumerate(loc) if not _is_layer_tag(loc, index)]
@@ -333,8 +183,6 @@ def validate(raw: dict) -> ProjectConfig:
 
     Raises ConfigError, so that an impossible model stops a stage before it starts any work.
     """
-    from fashion_cnn.model import infer_shapes
-
     try:
         config = ProjectConfig.model_validate(raw)
     except ValidationError as error:
@@ -365,7 +213,5 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def save_resolved(config: ProjectConfig, path: Path) -> None:
     """Write the validated config as YAML beside a stage's outputs, atomically."""
-    from fashion_cnn.atomic import write_text_atomic
-
     text = OmegaConf.to_yaml(OmegaConf.create(config.model_dump(mode="json")))
     write_text_atomic(path, text)

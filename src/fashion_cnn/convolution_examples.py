@@ -7,15 +7,11 @@ what TensorFlow does; seed_figures draws them.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
-# Hide TensorFlow's C++ start-up chatter (CUDA probing on CPU machines); users may override.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from sklearn.datasets import load_sample_image  # noqa: E402
+import numpy as np
+import tensorflow as tf
+from sklearn.datasets import load_sample_image
 
 SQUARE_MATRIX = ((1, 2, 3), (4, 5, 6), (7, 8, 9))
 WIDE_MATRIX = ((1, 2, 3, 4), (4, 5, 6, 7), (7, 8, 9, 10))

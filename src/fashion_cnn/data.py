@@ -1,4 +1,5 @@
-"""The prepared arrays: how prepare saves them and how train, evaluate and figures load them."""
+"""The data: raw IDX files to standardized splits (the prepare stage's recipe), and the prepared arrays
+as prepare saves them and train, evaluate and the figures load them."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from fashion_cnn.atomic import atomic_path
-from fashion_cnn.config import DataError
-from fashion_cnn.idx import IMAGE_SIDE, NUM_CLASSES
+from fashion_cnn.config import DataConfig
+from fashion_cnn.errors import ConfigError, DataError
+from fashion_cnn.idx import IMAGE_SIDE, NUM_CLASSES, load_images, load_labels
 
 SPLITS = ("train", "validation", "test")
 STATS_FILE = "standardization.npz"
@@ -70,3 +72,58 @@ def load_standardization(prepared_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """The per-pixel mean and std (each (1, 28, 28)) of the training split."""
     arrays = load_npz(prepared_dir / STATS_FILE, ("mean", "std"))
     return arrays["mean"], arrays["std"]
+
+
+# Added to the per-pixel std so that always-black border pixels do not divide by zero.
+STD_EPSILON = 1e-7
+
+
+def load_raw(raw_dir: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of one raw split ('train' or 't10k'), checked for matching counts."""
+    images = load_images(raw_dir / f"{prefix}-images-idx3-ubyte.gz")
+    labels = load_labels(raw_dir / f"{prefix}-labels-idx1-ubyte.gz")
+    if len(images) != len(labels):
+        raise DataError(
+            f"{prefix}-images-idx3-ubyte.gz has {len(images)} images but "
+            f"{prefix}-labels-idx1-ubyte.gz has {len(labels)} labels"
+        )
+    return images, labels
+
+
+def split_and_standardize(
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    data_config: DataConfig,
+) -> tuple[dict[str, Split], np.ndarray, np.ndarray]:
+    """The seed's recipe: last `validation_size` images validate; standardize with train stats."""
+    validation_size = data_config.validation_size
+    if validation_size >= len(train_images):
+        raise ConfigError(
+            f"invalid params: data.validation_size = {validation_size}: must be smaller than the "
+            f"{len(train_images)} training images"
+        )
+    cut = len(train_images) - validation_size
+    raw = {
+        "train": (
+            train_images[:cut][: data_config.max_train_images],
+            train_labels[:cut][: data_config.max_train_images],
+        ),
+        "validation": (train_images[cut:], train_labels[cut:]),
+        "test": (
+            test_images[: data_config.max_test_images],
+            test_labels[: data_config.max_test_images],
+        ),
+    }
+    train_float = raw["train"][0].astype(np.float32)
+    mean = train_float.mean(axis=0, keepdims=True)  # (1, 28, 28)
+    std = train_float.std(axis=0, keepdims=True) + STD_EPSILON
+    splits = {
+        name: Split(
+            ((images.astype(np.float32) - mean) / std)[..., np.newaxis],  # (count, 28, 28, 1)
+            labels.astype(np.uint8),
+        )
+        for name, (images, labels) in raw.items()
+    }
+    return splits, mean, std

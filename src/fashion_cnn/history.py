@@ -11,7 +11,7 @@ import io
 from pathlib import Path
 
 from fashion_cnn.atomic import write_text_atomic
-from fashion_cnn.config import DataError
+from fashion_cnn.errors import DataError
 
 COLUMNS = ("epoch", "objective", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds")
 # What the training curves need; older files without `objective` still draw.

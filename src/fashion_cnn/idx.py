@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fashion_cnn.config import DataError
+from fashion_cnn.errors import DataError
 
 # Magic number = 0x0000 (two zero bytes), 0x08 (unsigned byte data), then the number of dimensions.
 IMAGES_MAGIC = 0x00000803

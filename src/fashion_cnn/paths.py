@@ -82,7 +82,7 @@ class ProjectPaths:
 
     @property
     def recipe_reports_dir(self) -> Path:
-        """The recipe sweep's table and frontier plot (fashion_cnn.sweep_report)."""
+        """The recipe sweep's table and frontier plot (fashion_cnn.tools.sweep_report)."""
         return self.reports_dir / "recipe"
 
     @property

@@ -10,14 +10,14 @@ import matplotlib
 # A file-only backend: stages run headless, and Agg output is the same on every machine.
 matplotlib.use("Agg")
 
-import numpy as np  # noqa: E402
-from matplotlib import patches, pyplot  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.image import AxesImage  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import numpy as np
+from matplotlib import patches, pyplot
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+from matplotlib.ticker import MaxNLocator
 
-from fashion_cnn.atomic import atomic_path  # noqa: E402
+from fashion_cnn.atomic import atomic_path
 
 # Pixels per inch of every saved PNG.
 DPI = 150

@@ -13,8 +13,9 @@ import keras
 import numpy as np
 
 from fashion_cnn import augmentation
-from fashion_cnn.config import ConfigError, ProjectConfig, TrainConfig
+from fashion_cnn.config import ProjectConfig, TrainConfig
 from fashion_cnn.data import Split
+from fashion_cnn.errors import ConfigError
 from fashion_cnn.idx import NUM_CLASSES
 
 # one_cycle starts at the peak divided by this (PyTorch's OneCycleLR div_factor).

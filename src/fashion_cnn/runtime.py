@@ -18,7 +18,8 @@ import tensorflow as tf
 from tensorflow.python.framework.config import is_op_determinism_enabled
 
 from fashion_cnn import distribute
-from fashion_cnn.config import ConfigError, TrainConfig
+from fashion_cnn.config import TrainConfig
+from fashion_cnn.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ import os
 import platform
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,10 @@ import requests
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from fashion_cnn import paths, sweep
+from fashion_cnn.atomic import write_json_atomic
+from fashion_cnn.cli import hydra_overrides
 from fashion_cnn.config import ProjectConfig, flatten
+from fashion_cnn.errors import FashionCnnError
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +59,6 @@ def is_remote(uri: str) -> bool:
 
 def check_server(uri: str, timeout_seconds: float = SERVER_TIMEOUT_SECONDS) -> None:
     """Fail fast, naming the URI, when a tracking server does not answer (MLflow retries for minutes)."""
-    import urllib.error
-    import urllib.request
-
-    from fashion_cnn.config import FashionCnnError
-
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_seconds):
             return
@@ -204,8 +204,6 @@ def quick_requests() -> Iterator[None]:
 
 def server_answers(uri: str) -> bool:
     """Whether a tracking server answers its health check now."""
-    from fashion_cnn.config import FashionCnnError
-
     try:
         check_server(uri)
     except FashionCnnError:
@@ -274,8 +272,6 @@ def stage_run(
 
 def write_run_info(project: paths.ProjectPaths, run: Any) -> None:
     """Record the train stage's MLflow run beside the model, so later stages log into it."""
-    from fashion_cnn.atomic import write_json_atomic
-
     write_json_atomic(
         project.run_info_file,
         {
@@ -283,4 +279,12 @@ def write_run_info(project: paths.ProjectPaths, run: Any) -> None:
             "experiment_id": run.info.experiment_id,
             "tracking_uri": mlflow.get_tracking_uri(),
         },
+    )
+
+
+def pipeline_run(project: paths.ProjectPaths, config: ProjectConfig, stage: str) -> Any:
+    """The MLflow run of a stage that trains no model (download, prepare, memory, seed_figures):
+    named after the stage, in tracking.pipeline_experiment_name, tagged with the command's overrides."""
+    return stage_run(
+        project, config, stage, stage, config.tracking.pipeline_experiment_name, hydra_overrides()
     )

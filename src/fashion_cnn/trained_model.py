@@ -19,7 +19,8 @@ import mlflow
 import yaml
 
 from fashion_cnn import paths, tracking
-from fashion_cnn.config import ConfigError, DataError, ProjectConfig, flatten, validate
+from fashion_cnn.config import ProjectConfig, flatten, validate
+from fashion_cnn.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

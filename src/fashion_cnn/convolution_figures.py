@@ -1,4 +1,4 @@
-"""Stage seed_figures: every figure of the seed notebook (padding, strides, filters, pooling) as PNG.
+"""Every figure of the seed notebook (padding, strides, filters, pooling), drawn for the seed_figures stage.
 
 Plain functions compute the arrays (tested against tf.pad, NumPy and equation (1) of the seed);
 the `*_figure` functions only draw them. Nothing here depends on the trained model.
@@ -7,21 +7,14 @@ the `*_figure` functions only draw them. Nothing here depends on the trained mod
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
-# Hide TensorFlow's C++ start-up chatter (CUDA probing on CPU machines); users may override.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from fashion_cnn import convolution_examples, paths, plotting, tracking  # noqa: E402
-from fashion_cnn.config import ProjectConfig  # noqa: E402
-from fashion_cnn.stage import hydra_overrides, stage_main  # noqa: E402
+from fashion_cnn import convolution_examples, plotting
 
 log = logging.getLogger(__name__)
 
@@ -264,25 +257,3 @@ def seed_figures() -> Iterator[tuple[str, Figure]]:
 def render_seed_figures(output_dir: Path) -> list[Path]:
     """Write every seed figure as `<name>.png` in `output_dir`; return the paths written."""
     return plotting.save_figures(seed_figures(), output_dir)
-
-
-@stage_main
-def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
-    """Entry point of `python -m fashion_cnn.seed_figures`."""
-    output_dir = project.figures_dir / "seed"
-    with tracking.stage_run(
-        project,
-        config,
-        "seed_figures",
-        "seed_figures",
-        config.tracking.pipeline_experiment_name,
-        hydra_overrides(),
-    ):
-        written = render_seed_figures(output_dir)
-        for path in written:
-            mlflow.log_artifact(str(path), artifact_path="figures/seed")
-    log.info("wrote %d figures to %s", len(written), output_dir)
-
-
-if __name__ == "__main__":
-    main()

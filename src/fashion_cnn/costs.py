@@ -1,30 +1,21 @@
-"""Stage memory: parameters, multiply-adds and activation memory per layer, per image and per batch.
+"""What a model costs: parameters, multiply-adds and activation memory per layer, per image and per batch.
 
 This is the seed's "Memory Requirements" section applied to the configured architecture. During
 training every layer's output is kept for backpropagation; during inference a layer's output can be
 freed once the next layer is computed, so only two consecutive layers are held at a time. Sizes use
-decimal units (1 MB = 10^6 bytes), as the seed does.
-
-`python -m fashion_cnn.memory` writes reports/memory.md and reports/memory.json and prints the
-table; with command-line overrides (`model=lenet5 train.batch_size=128`) it only prints, so the
-committed report keeps describing params.yaml.
+decimal units (1 MB = 10^6 bytes), as the seed does. The memory stage writes the report; the train
+stage warns with `memory_warning` before it trains.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import sys
 from dataclasses import dataclass
 from typing import Any
 
-from fashion_cnn import paths
-from fashion_cnn.atomic import write_json_atomic, write_text_atomic
-from fashion_cnn.config import ConvLayer, DenseLayer, ModelConfig, PoolLayer, ProjectConfig
-from fashion_cnn.model import infer_shapes, layer_multiply_adds, spatial_output
-from fashion_cnn.stage import hydra_overrides, stage_main
-
-log = logging.getLogger(__name__)
+from fashion_cnn.config import ProjectConfig
+from fashion_cnn.layers import ConvLayer
+from fashion_cnn.model import ModelConfig, infer_shapes
 
 FLOAT32_BYTES = 4
 # float16 and bfloat16 both take two bytes per value.
@@ -65,47 +56,21 @@ def conv_layer_cost(
     padding: str = "same",
     name: str = "conv",
 ) -> LayerCost:
-    """One conv layer: (f * f * channels + 1) * filters weights, f * f * channels multiplies per output."""
-    height, width = (spatial_output(side, kernel, stride, padding) for side in input_hw)
-    inputs_per_neuron = kernel * kernel * channels
-    return LayerCost(
-        name=name,
-        description=f"conv {filters} {kernel}x{kernel}/{stride} {padding}",
-        output_shape=(height, width, filters),
-        parameters=(inputs_per_neuron + 1) * filters,
-        multiply_adds=height * width * filters * inputs_per_neuron,
-    )
+    """One conv layer on an image of `input_hw` x `channels`, by the conv entry's own arithmetic."""
+    layer = ConvLayer(type="conv", filters=filters, kernel_size=kernel, strides=stride, padding=padding)
+    output_shape, parameters, multiply_adds = layer.output((*input_hw, channels))
+    return LayerCost(name, layer.description, output_shape, parameters, multiply_adds)
 
 
 def layer_costs(model_config: ModelConfig) -> list[LayerCost]:
     """The input image, then one LayerCost per layer of the configured architecture."""
     costs = [LayerCost("input", "image", tuple(model_config.input_shape), 0, 0)]
     for shape in infer_shapes(model_config):
-        layer, name = shape.layer, f"{shape.index:02d}_{shape.layer.type}"
-        if isinstance(layer, ConvLayer):
-            height, width, channels = shape.input_shape
-            cost = conv_layer_cost(
-                (height, width),
-                channels,
-                layer.kernel_size,
-                layer.filters,
-                layer.strides,
-                layer.padding,
-                name,
+        costs.append(
+            LayerCost(
+                shape.name, shape.layer.description, shape.output_shape, shape.parameters, shape.multiply_adds
             )
-        elif isinstance(layer, DenseLayer):
-            multiply_adds = shape.input_shape[0] * layer.units
-            cost = LayerCost(
-                name, f"dense {layer.units}", shape.output_shape, shape.parameters, multiply_adds
-            )
-        elif isinstance(layer, PoolLayer):
-            description = f"{layer.type.replace('_', ' ')} {layer.pool_size}x{layer.pool_size}"
-            cost = LayerCost(name, description, shape.output_shape, 0, 0)
-        else:
-            cost = LayerCost(
-                name, layer.type, shape.output_shape, shape.parameters, layer_multiply_adds(shape)
-            )
-        costs.append(cost)
+        )
     return costs
 
 
@@ -184,7 +149,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         f"# Memory report: {report['model']}",
         "",
         f"Input {shape}, batch size {report['batch_size']} (`train.batch_size`). Computed by "
-        '`python -m fashion_cnn.memory` as the seed\'s section "Memory Requirements" explains; '
+        'the memory stage as the seed\'s section "Memory Requirements" explains; '
         "decimal units, 1 MB = 10^6 bytes; the 16-bit column holds for float16 and bfloat16.",
         "",
         "| Layer | Kind | Output shape | Parameters | Multiply-adds / image | Activations / image, "
@@ -218,7 +183,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         f"{format_bytes(inference['float32'])} | {format_bytes(inference['float16'])} |",
         "",
         f"The weights take {format_bytes(totals['parameter_bytes'])} in float32; training also keeps their "
-        "gradients and the optimizer's state (`fashion_cnn.memory.estimate_training_bytes` adds them).",
+        "gradients and the optimizer's state (`fashion_cnn.costs.estimate_training_bytes` adds them).",
         "",
         "## The seed's worked example",
         "",
@@ -263,42 +228,3 @@ def memory_warning(config: ProjectConfig, available_bytes: int | None = None) ->
         f"{format_bytes(needed)} but only {format_bytes(available)} is available; lower train.batch_size "
         f"or use train.mixed_precision"
     )
-
-
-@stage_main
-def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
-    """Entry point of `python -m fashion_cnn.memory`."""
-    report = memory_report(config.model, config.train.batch_size)
-    markdown = format_markdown(report)
-    overrides = hydra_overrides()
-    if overrides:
-        print(markdown)
-        print(f"(overrides {' '.join(overrides)}: reports/memory.* left as they are)", file=sys.stderr)
-        return
-    # MLflow takes seconds to import; the print-only path above does without it.
-    import mlflow
-
-    from fashion_cnn import tracking
-
-    markdown_path = project.reports_dir / REPORT_MARKDOWN
-    json_path = project.reports_dir / REPORT_JSON
-    write_text_atomic(markdown_path, markdown)
-    write_json_atomic(json_path, report)
-    with tracking.stage_run(
-        project, config, "memory", "memory", config.tracking.pipeline_experiment_name, overrides
-    ):
-        mlflow.log_artifact(str(markdown_path))
-        mlflow.log_artifact(str(json_path))
-        mlflow.log_metrics(
-            {
-                "parameters": report["totals"]["parameters"],
-                "multiply_adds": report["totals"]["multiply_adds"],
-                "training_activation_bytes": report["batch"]["training_activation_bytes"]["float32"],
-                "inference_activation_bytes": report["batch"]["inference_activation_bytes"]["float32"],
-            }
-        )
-    print(markdown)
-
-
-if __name__ == "__main__":
-    main()

@@ -23,15 +23,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 
 from fashion_cnn import paths
-from fashion_cnn.config import (
-    ConfigError,
-    FashionCnnError,
-    ProjectConfig,
-    allowed_keys,
-    to_plain_dict,
-    unknown_key_message,
-    validate,
-)
+from fashion_cnn.config import ProjectConfig, allowed_keys, to_plain_dict, unknown_key_message, validate
+from fashion_cnn.errors import ConfigError, FashionCnnError
 
 STAGE_CONFIG_NAME = "fashion_cnn_stage"
 

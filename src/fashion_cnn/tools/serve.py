@@ -1,4 +1,4 @@
-"""Serve the latest trained model over HTTP: `python -m fashion_cnn.serve [--port N]` (make serve).
+"""Serve the latest trained model over HTTP: `python -m fashion_cnn.tools.serve [--port N]` (make serve).
 
 Runs `mlflow models serve --env-manager local` on 127.0.0.1 for the model that the train stage
 logged to MLflow (its run is recorded in data/model/mlflow_run.json), in this environment.
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from fashion_cnn import paths, tracking
-from fashion_cnn.config import DataError, FashionCnnError
+from fashion_cnn.errors import DataError, FashionCnnError
 
 PORT_ENV_VAR = "SERVE_PORT"
 # 5000 is `make ui`'s default port.
@@ -44,7 +44,9 @@ def serve_command(project: paths.ProjectPaths, host: str, port: int) -> tuple[li
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: replace this process with the model server (exit 1 with one line when it cannot)."""
-    parser = argparse.ArgumentParser(prog="python -m fashion_cnn.serve", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m fashion_cnn.tools.serve", description=__doc__.splitlines()[0]
+    )
     parser.add_argument(
         "--port",
         type=int,

@@ -1,6 +1,6 @@
 """Reproduce the reported accuracy: rerun the pipeline in a clean copy and compare with the committed metrics.
 
-`python -m fashion_cnn.reproduce --profile default` (make reproduce) reruns the committed params;
+`python -m fashion_cnn.tools.reproduce --profile default` (make reproduce) reruns the committed params;
 `--profile quick` (make reproduce-quick) reruns them with the `experiment=quick` preset. The copy
 has no outputs and no DVC cache, so every stage really runs; the check cannot pass vacuously.
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 
 from fashion_cnn import paths
 from fashion_cnn.atomic import write_text_atomic
-from fashion_cnn.config import FashionCnnError
-from fashion_cnn.stage import run_cli
+from fashion_cnn.cli import run_cli
+from fashion_cnn.errors import FashionCnnError
 
 # Each profile: the Hydra overrides composed into params.yaml, and where its reported metrics live.
 PROFILES = {
@@ -114,7 +114,7 @@ def reproduce(root: Path, profile: str, tolerance: float, record: bool, keep: bo
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m fashion_cnn.reproduce`."""
+    """Entry point of `python -m fashion_cnn.tools.reproduce`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=sorted(PROFILES), default="default")
     parser.add_argument(

@@ -1,6 +1,6 @@
 """The recipe sweep as a table and a picture: reports/recipe/sweep.csv and reports/recipe/frontier.png.
 
-`python -m fashion_cnn.sweep_report` (make recipe-report) reads the finished training runs of the
+`python -m fashion_cnn.tools.sweep_report` (make recipe-report) reads the finished training runs of the
 MLflow experiment the sweep logs to (`fashion-cnn-recipe`, see `make recipe-sweep`) and writes one
 row per run: the params that varied, validation accuracy, test accuracy (finalists only: only they
 ran the evaluate stage) and training minutes; the plot shows accuracy against training minutes.
@@ -17,8 +17,8 @@ from typing import Any
 
 from fashion_cnn import paths, tracking
 from fashion_cnn.atomic import write_text_atomic
-from fashion_cnn.config import FashionCnnError
-from fashion_cnn.stage import run_cli
+from fashion_cnn.cli import run_cli
+from fashion_cnn.errors import FashionCnnError
 
 SWEEP_EXPERIMENT = "fashion-cnn-recipe"
 # The issue's targets: at most 15 minutes of training, at least 0.94 test accuracy.
@@ -147,7 +147,7 @@ def write_report(table: Any, output_dir: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m fashion_cnn.sweep_report`."""
+    """Entry point of `python -m fashion_cnn.tools.sweep_report`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--experiment", default=SWEEP_EXPERIMENT, help=f"MLflow experiment of the sweep ({SWEEP_EXPERIMENT})"

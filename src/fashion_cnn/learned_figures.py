@@ -1,31 +1,22 @@
-"""Stage model_figures: what the trained model learned (filters, feature maps, curves, mistakes) as PNG.
+"""What the trained model learned (filters, feature maps, curves, mistakes), drawn for model_figures.
 
 Images are shown standardized, as the model sees them (the stage depends on test.npz only).
 """
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-# Hide TensorFlow's C++ start-up chatter (CUDA probing on CPU machines); users may override.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+from keras import layers
+from matplotlib.figure import Figure
 
-import keras  # noqa: E402
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-from keras import layers  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from fashion_cnn import CLASS_NAMES, history, paths, plotting, trained_model  # noqa: E402
-from fashion_cnn.config import DataError, ProjectConfig  # noqa: E402
-from fashion_cnn.data import Split, load_split  # noqa: E402
-from fashion_cnn.stage import stage_main  # noqa: E402
-
-log = logging.getLogger(__name__)
+from fashion_cnn import CLASS_NAMES, plotting
+from fashion_cnn.data import Split
+from fashion_cnn.errors import DataError
 
 # Feature maps drawn per conv layer and image, and misclassified images drawn (rows x columns).
 FEATURE_MAPS_SHOWN = 8
@@ -166,21 +157,3 @@ def render_model_figures(
 ) -> list[Path]:
     """Write every model figure as `<name>.png` in `output_dir`; return the paths written."""
     return plotting.save_figures(model_figures(model, test, history_rows), output_dir)
-
-
-@stage_main
-def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
-    """Entry point of `python -m fashion_cnn.model_figures`."""
-    model = trained_model.load_model(project.model_file)
-    test = load_split(project.prepared_dir, "test")
-    history_rows = history.read_history(project.history_file)
-    output_dir = project.figures_dir / "model"
-    with trained_model.model_run(project, config, "model_figures"):
-        written = render_model_figures(model, test, history_rows, output_dir)
-        for path in written:
-            mlflow.log_artifact(str(path), artifact_path="figures/model")
-    log.info("wrote %d figures to %s", len(written), output_dir)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""Classify garment photos with the trained model: `python -m fashion_cnn.predict IMAGE... [--json]`."""
+"""Classify garment photos with the trained model: `python -m fashion_cnn.tools.predict IMAGE... [--json]`."""
 
 from __future__ import annotations
 
@@ -16,12 +16,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fashion_cnn import CLASS_NAMES, paths, trained_model
-from fashion_cnn.config import DataError, FashionCnnError
 from fashion_cnn.data import STATS_FILE, load_standardization
+from fashion_cnn.errors import DataError, FashionCnnError
 from fashion_cnn.idx import IMAGE_SIDE
-
-# TensorFlow reads this when it is first imported (lazily, below): CPU users see no CUDA noise.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # TensorFlow's CUDA probe writes these lines before TF_CPP_MIN_LOG_LEVEL applies (tensorflow#100442).
 CUDA_NOISE = ("cudart_stub.cc", "failed call to cuInit", "absl::InitializeLog()")
@@ -182,7 +179,7 @@ def _top_k(text: str) -> int:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line: image files, output format, model and statistics locations."""
     parser = argparse.ArgumentParser(
-        prog="python -m fashion_cnn.predict",
+        prog="python -m fashion_cnn.tools.predict",
         description="Classify PNG or JPEG photos of garments with the trained Fashion-MNIST model.",
     )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files to classify")

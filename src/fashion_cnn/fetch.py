@@ -1,4 +1,5 @@
-"""Stage 1: fetch the four Fashion-MNIST files into data/raw/, verified by SHA-256 of their IDX bytes."""
+"""The four Fashion-MNIST files: where to get them (mirrors, FASHION_CNN_MIRROR) and how each is verified
+(SHA-256 of its IDX bytes); the download stage calls `download`."""
 
 from __future__ import annotations
 
@@ -11,13 +12,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
-
-from fashion_cnn import paths, tracking
 from fashion_cnn.atomic import write_bytes_atomic
-from fashion_cnn.config import DataError, ProjectConfig
+from fashion_cnn.errors import DataError
 from fashion_cnn.idx import gunzip
-from fashion_cnn.stage import hydra_overrides, stage_main
 
 log = logging.getLogger(__name__)
 
@@ -143,23 +140,3 @@ def download(sources: list[str], timeout_seconds: float, destination: Path) -> d
             time.perf_counter() - started,
         )
     return used
-
-
-@stage_main
-def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
-    """Entry point of `python -m fashion_cnn.download`."""
-    sources = source_list(list(config.data.sources))
-    with tracking.stage_run(
-        project,
-        config,
-        "download",
-        "download",
-        config.tracking.pipeline_experiment_name,
-        hydra_overrides(),
-    ):
-        used = download(sources, config.data.timeout_seconds, project.raw_dir)
-        mlflow.set_tags({f"source.{name}": source for name, source in used.items()})
-
-
-if __name__ == "__main__":
-    main()

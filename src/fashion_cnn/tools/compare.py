@@ -1,6 +1,6 @@
 """Print the latest training runs side by side: the params that differ, test accuracy, epoch time.
 
-`python -m fashion_cnn.compare [--last N]` (make compare) reads the same MLflow store the stages
+`python -m fashion_cnn.tools.compare [--last N]` (make compare) reads the same MLflow store the stages
 write to ($MLFLOW_TRACKING_URI, else mlflow.db in the repository root).
 """
 
@@ -12,8 +12,9 @@ import sys
 import yaml
 
 from fashion_cnn import paths, tracking
-from fashion_cnn.config import FashionCnnError, validate
-from fashion_cnn.stage import run_cli
+from fashion_cnn.cli import run_cli
+from fashion_cnn.config import validate
+from fashion_cnn.errors import FashionCnnError
 
 # Always shown, whether or not they differ.
 METRIC_COLUMNS = {
@@ -48,7 +49,7 @@ def latest_runs_table(experiment_name: str, last: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m fashion_cnn.compare`."""
+    """Entry point of `python -m fashion_cnn.tools.compare`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--last", type=int, default=10, help="how many recent runs to show (default 10)")
     arguments = parser.parse_args(argv)

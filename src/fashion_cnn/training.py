@@ -1,45 +1,30 @@
-"""Stage 3: train the CNN described in params.yaml, on a GPU when there is one, tracked in MLflow.
+"""Training pieces the train stage puts together: the optimizer, the epoch report, fit, and the MLflow
+records of a training run (its setup and the logged model).
 
-Under a multi-worker strategy every worker runs this stage; only the chief writes outputs and logs.
+Under a multi-worker strategy every worker runs fit; only the chief writes outputs and logs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
-import logging
 import math
 import os
-import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-# Hide TensorFlow's C++ start-up chatter (CUDA probing on CPU machines); users may override.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import mlflow
+import numpy as np
+import tensorflow as tf
 
-import keras  # noqa: E402
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from fashion_cnn import (
-    checkpoint,
-    cross_entropy,
-    distribute,
-    history,
-    memory,
-    paths,
-    recipe,
-    runtime,
-    tracking,
-)  # noqa: E402
-from fashion_cnn.atomic import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
-from fashion_cnn.config import FashionCnnError, ProjectConfig, TrainConfig, save_resolved  # noqa: E402
-from fashion_cnn.data import Split, load_npz, load_split  # noqa: E402
-from fashion_cnn.model import build_model, count_parameters, describe  # noqa: E402
-from fashion_cnn.stage import hydra_overrides, stage_main  # noqa: E402
-
-log = logging.getLogger(__name__)
+from fashion_cnn import checkpoint, cross_entropy, distribute, recipe, runtime, tracking
+from fashion_cnn.config import ProjectConfig, TrainConfig
+from fashion_cnn.data import Split
+from fashion_cnn.errors import FashionCnnError
+from fashion_cnn.model import build_model, count_parameters, describe
 
 
 class TrainingDiverged(FashionCnnError):
@@ -183,14 +168,21 @@ def model_summary(model: keras.Model) -> str:
     return buffer.getvalue()
 
 
-def _save_example_creating_folder(mlflow_model: Any, input_example: Any, path: str, *args: Any) -> None:
-    """mlflow.keras writes the input example before creating the model folder (mlflow#16183)."""
-    os.makedirs(path, exist_ok=True)
-    _original_save_example(mlflow_model, input_example, path, *args)
+@contextlib.contextmanager
+def _model_folder_created_first() -> Iterator[None]:
+    """mlflow.keras writes the input example before it creates the model folder (mlflow#16183):
+    create the folder first, for the duration of one log_model call."""
+    original = mlflow.keras.save._save_example
 
+    def save_example(mlflow_model: Any, input_example: Any, path: str, *args: Any) -> None:
+        os.makedirs(path, exist_ok=True)
+        original(mlflow_model, input_example, path, *args)
 
-_original_save_example = mlflow.keras.save._save_example
-mlflow.keras.save._save_example = _save_example_creating_folder
+    mlflow.keras.save._save_example = save_example
+    try:
+        yield
+    finally:
+        mlflow.keras.save._save_example = original
 
 
 def log_model(model: keras.Model, example_images: np.ndarray) -> None:
@@ -201,9 +193,10 @@ def log_model(model: keras.Model, example_images: np.ndarray) -> None:
     # and TensorFlow: about 25 s per run on 2 cores).
     requirements = [f"mlflow=={mlflow.__version__}", f"keras=={keras.__version__}"]
     requirements += [f"numpy=={np.__version__}", f"tensorflow=={tf.__version__}"]
-    mlflow.keras.log_model(
-        model, name="model", signature=signature, input_example=example, pip_requirements=requirements
-    )
+    with _model_folder_created_first():
+        mlflow.keras.log_model(
+            model, name="model", signature=signature, input_example=example, pip_requirements=requirements
+        )
 
 
 def log_run_setup(
@@ -249,116 +242,3 @@ def summarize(rows: list[dict[str, float]], train_seconds: float) -> dict[str, f
         "train_seconds": round(train_seconds, 1),
         "seconds_per_epoch": round(sum(row["epoch_seconds"] for row in rows) / len(rows), 2),
     }
-
-
-def train(
-    config: ProjectConfig, project: paths.ProjectPaths, task: distribute.Task = distribute.SINGLE_PROCESS
-) -> dict[str, float]:
-    """Train on data/prepared; the chief writes data/model and reports/train and logs to the active run."""
-    device = runtime.select_device(config.train.device, config.train.inter_op_threads)
-    # First TensorFlow work after choosing devices: multi-worker collectives are set up at start-up.
-    strategy = distribute.make_strategy(config.train.strategy, device)
-    settings = runtime.resolve_runtime(config.train, device, strategy)
-    runtime.seed_everything(config.seed, config.train.deterministic)
-    if warning := memory.memory_warning(config):
-        log.warning("%s", warning)
-    train_split = load_split(project.prepared_dir, "train")
-    validation_split = load_split(project.prepared_dir, "validation")
-    print(
-        f"training {config.model.name} ({count_parameters(config.model):,} parameters): "
-        f"{len(train_split.labels):,} train / {len(validation_split.labels):,} validation images, "
-        f"{settings.replicas} replica(s), global batch {settings.global_batch_size}",
-        flush=True,
-    )
-    if task.is_chief:
-        log_run_setup(config, settings, task, train_split)
-    started = time.perf_counter()
-    # Resuming covers single-process training; distributed runs start over after an interruption.
-    checkpoint_dir = project.train_checkpoint_dir if strategy is None else None
-    model, rows = fit(
-        config,
-        train_split,
-        validation_split,
-        settings,
-        strategy,
-        chief=task.is_chief,
-        checkpoint_dir=checkpoint_dir,
-    )
-    metrics = summarize(rows, time.perf_counter() - started)
-    if task.is_chief:
-        save_and_log(config, project, model, rows, metrics, validation_split.images, strategy)
-    else:
-        # Every worker takes part in saving (TensorFlow's multi-worker rule); this copy is discarded.
-        with distribute.scratch_model_path(project.model_file.name) as scratch:
-            model.save(scratch)
-    distribute.wait_for_all_workers(strategy)
-    return metrics
-
-
-def save_and_log(
-    config: ProjectConfig,
-    project: paths.ProjectPaths,
-    model: keras.Model,
-    rows: list[dict[str, float]],
-    metrics: dict[str, float],
-    example_images: np.ndarray,
-    strategy: tf.distribute.Strategy | None,
-) -> None:
-    """The chief's outputs: data/model and reports/train, and their copies in the MLflow run."""
-    with atomic_path(project.model_file, suffix=".keras") as temp_model:
-        model.save(temp_model)
-    save_resolved(config, project.model_dir / "config.yaml")
-    summary = model_summary(model)
-    write_text_atomic(project.model_dir / "summary.txt", summary)
-    history.write_history(project.history_file, rows)
-    write_json_atomic(project.train_metrics_file, metrics)
-    tracking.log_safely(
-        mlflow.log_metrics,
-        {"train_seconds": metrics["train_seconds"], "seconds_per_epoch": metrics["seconds_per_epoch"]},
-    )
-    tracking.log_safely(mlflow.log_text, summary, "model_summary.txt")
-    tracking.log_safely(mlflow.log_artifact, str(project.model_dir / "config.yaml"))
-    tracking.log_safely(mlflow.log_artifact, str(project.history_file))
-    # A distributed model's predict would wait for the other workers: log a plain copy of it instead.
-    loggable = model if strategy is None else keras.models.load_model(project.model_file, safe_mode=True)
-    tracking.log_safely(log_model, loggable, example_images)
-    # Only now, with every output written, is the checkpoint no longer needed to resume.
-    checkpoint.discard(project.train_checkpoint_dir)
-
-
-def run_name(config: ProjectConfig, overrides: list[str]) -> str:
-    """The preset name plus what the command line changed, e.g. 'seed_cnn train.optimizer=adam'."""
-    changed = [item for item in overrides if not item.startswith("model=")]
-    return " ".join([config.model.name, *changed])[:200]
-
-
-def preflight(config: ProjectConfig, project: paths.ProjectPaths) -> None:
-    """Params errors that need the machine or the data, reported before any run or output is started:
-    a GPU asked for but absent, steps_per_execution that does not divide an epoch (one replica)."""
-    runtime.select_device(config.train.device, config.train.inter_op_threads)
-    train_images = len(load_npz(project.prepared_dir / "train.npz", ("labels",))["labels"])
-    steps = recipe.steps_per_epoch(train_images, distribute.global_batch_size(config.train, 1))
-    recipe.check_steps_per_execution(steps, config.train.steps_per_execution)
-
-
-@stage_main
-def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
-    """Entry point of `python -m fashion_cnn.train` (on every worker under multi_worker)."""
-    # TF_CONFIG is checked before any work; it decides who writes and logs.
-    task = distribute.current_task(config.train.strategy)
-    if not task.is_chief:
-        print(f"worker {task.task_type}:{task.index} of {task.workers}: training; the chief writes and logs")
-        train(config, project, task)
-        return
-    overrides = hydra_overrides()
-    preflight(config, project)
-    with tracking.stage_run(
-        project, config, "train", run_name(config, overrides), config.tracking.experiment_name, overrides
-    ) as run:
-        tracking.write_run_info(project, run)
-        train(config, project, task)
-
-
-if __name__ == "__main__":
-    sys.argv.extend(distribute.hydra_overrides_for_worker())
-    main()

@@ -1,0 +1,93 @@
+"""Stage evaluate: test metrics, per-class scores and the confusion matrix of the trained model.
+
+It scores the model in data/model (fashion_cnn.evaluation) and logs into that model's MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+
+from fashion_cnn import CLASS_NAMES, evaluation, paths, plotting, tracking, trained_model
+from fashion_cnn.atomic import write_json_atomic, write_text_atomic
+from fashion_cnn.cli import stage_main
+from fashion_cnn.config import ProjectConfig
+from fashion_cnn.data import load_split
+
+
+def evaluate(project: paths.ProjectPaths) -> dict:
+    """Score the model on the test split, write reports/metrics.json and reports/evaluate/."""
+    print(f"evaluating {project.model_file} on the test split", flush=True)
+    model = trained_model.load_model(project.model_file)
+    test_split = load_split(project.prepared_dir, "test")
+    inputs = evaluation.input_record(project)
+    test = evaluation.score(model, test_split)
+    train_metrics = json.loads(project.train_metrics_file.read_text())
+    report = {
+        "test": {
+            "accuracy": round(test["accuracy"], 4),
+            "loss": round(test["loss"], 4),
+            "macro_f1": round(float(np.mean([row["f1"] for row in test["per_class"]])), 4),
+            "images": len(test_split.labels),
+        },
+        "validation": {
+            "accuracy": round(train_metrics["val_accuracy"], 4),
+            "loss": round(train_metrics["val_loss"], 4),
+        },
+        "f1": {row["class"]: round(row["f1"], 4) for row in test["per_class"]},
+        "train_seconds": train_metrics["train_seconds"],
+        "hardware": evaluation.hardware(),
+    }
+    write_json_atomic(project.metrics_file, report)
+    write_json_atomic(project.evaluate_dir / "inputs.json", inputs)
+    write_text_atomic(project.evaluate_dir / "per_class.csv", evaluation.to_csv(test["per_class"]))
+    pairs = [
+        {"actual": CLASS_NAMES[actual], "predicted": CLASS_NAMES[predicted]}
+        for actual, predicted in zip(test_split.labels, test["predicted"], strict=True)
+    ]
+    write_text_atomic(project.evaluate_dir / "confusion.csv", evaluation.to_csv(pairs))
+    figure = plotting.plot_confusion_matrix(test["confusion"], CLASS_NAMES)
+    plotting.save_figure(figure, project.figures_dir / "confusion_matrix.png")
+
+    tracking.log_safely(
+        mlflow.log_metrics,
+        {
+            "test_loss": test["loss"],
+            "test_accuracy": test["accuracy"],
+            "test_macro_f1": report["test"]["macro_f1"],
+            **{
+                f"test_f1.{row['class'].replace('/', '_').replace(' ', '_')}": row["f1"]
+                for row in test["per_class"]
+            },
+        },
+    )
+    tracking.log_safely(
+        mlflow.log_input,
+        mlflow.data.from_numpy(test_split.images, targets=test_split.labels, name="fashion-mnist-test"),
+        context="testing",
+    )
+    tracking.log_safely(
+        mlflow.set_tags, {f"evaluate.{name}_sha256": record["sha256"] for name, record in inputs.items()}
+    )
+    for path in (
+        project.evaluate_dir / "inputs.json",
+        project.evaluate_dir / "per_class.csv",
+        project.figures_dir / "confusion_matrix.png",
+        project.metrics_file,
+    ):
+        tracking.log_safely(mlflow.log_artifact, str(path), artifact_path="evaluate")
+    return report
+
+
+@stage_main
+def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
+    """Entry point of `python -m fashion_cnn.stages.evaluate`."""
+    with trained_model.model_run(project, config, "evaluate"):
+        report = evaluate(project)
+    print(f"test accuracy {report['test']['accuracy']:.4f}, loss {report['test']['loss']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

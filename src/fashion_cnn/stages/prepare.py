@@ -1,0 +1,45 @@
+"""Stage prepare: split, standardize and save Fashion-MNIST as the seed notebook does (fashion_cnn.data)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import mlflow
+
+from fashion_cnn import atomic, data, paths, tracking
+from fashion_cnn.cli import stage_main
+from fashion_cnn.config import DataConfig, ProjectConfig
+from fashion_cnn.data import STATS_FILE, save_npz
+
+log = logging.getLogger(__name__)
+
+
+def prepare(raw_dir: Path, prepared_dir: Path, data_config: DataConfig) -> dict[str, int]:
+    """Read data/raw, write data/prepared; return the size of each split."""
+    log.info("preparing %s from %s", prepared_dir, raw_dir)
+    train_images, train_labels = data.load_raw(raw_dir, "train")
+    test_images, test_labels = data.load_raw(raw_dir, "t10k")
+    splits, mean, std = data.split_and_standardize(
+        train_images, train_labels, test_images, test_labels, data_config
+    )
+    # All four files or none: an interrupted prepare never leaves new splits beside old statistics.
+    with atomic.together():
+        for name, split in splits.items():
+            save_npz(prepared_dir / f"{name}.npz", images=split.images, labels=split.labels)
+        save_npz(prepared_dir / STATS_FILE, mean=mean, std=std)
+    sizes = {name: len(split.labels) for name, split in splits.items()}
+    log.info("prepared %s", ", ".join(f"{name}: {size}" for name, size in sizes.items()))
+    return sizes
+
+
+@stage_main
+def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
+    """Entry point of `python -m fashion_cnn.stages.prepare`."""
+    with tracking.pipeline_run(project, config, "prepare"):
+        sizes = prepare(project.raw_dir, project.prepared_dir, config.data)
+        mlflow.log_metrics({f"{name}_images": size for name, size in sizes.items()})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Stage train: train the CNN described in params.yaml, on a GPU when there is one, tracked in MLflow.
+
+Config in, the library's pieces (runtime, training, checkpoint) in the middle, data/model,
+reports/train and the MLflow run out. Under a multi-worker strategy every worker runs this stage;
+only the chief writes outputs and logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import keras
+import mlflow
+import numpy as np
+import tensorflow as tf
+
+from fashion_cnn import (
+    checkpoint,
+    costs,
+    distribute,
+    history,
+    paths,
+    recipe,
+    runtime,
+    tracking,
+    trained_model,
+    training,
+)
+from fashion_cnn.atomic import atomic_path, write_json_atomic, write_text_atomic
+from fashion_cnn.cli import hydra_overrides, stage_main
+from fashion_cnn.config import ProjectConfig, save_resolved
+from fashion_cnn.data import load_npz, load_split
+from fashion_cnn.model import count_parameters
+
+log = logging.getLogger(__name__)
+
+
+def train(
+    config: ProjectConfig, project: paths.ProjectPaths, task: distribute.Task = distribute.SINGLE_PROCESS
+) -> dict[str, float]:
+    """Train on data/prepared; the chief writes data/model and reports/train and logs to the active run."""
+    device = runtime.select_device(config.train.device, config.train.inter_op_threads)
+    # First TensorFlow work after choosing devices: multi-worker collectives are set up at start-up.
+    strategy = distribute.make_strategy(config.train.strategy, device)
+    settings = runtime.resolve_runtime(config.train, device, strategy)
+    runtime.seed_everything(config.seed, config.train.deterministic)
+    if warning := costs.memory_warning(config):
+        log.warning("%s", warning)
+    train_split = load_split(project.prepared_dir, "train")
+    validation_split = load_split(project.prepared_dir, "validation")
+    print(
+        f"training {config.model.name} ({count_parameters(config.model):,} parameters): "
+        f"{len(train_split.labels):,} train / {len(validation_split.labels):,} validation images, "
+        f"{settings.replicas} replica(s), global batch {settings.global_batch_size}",
+        flush=True,
+    )
+    if task.is_chief:
+        training.log_run_setup(config, settings, task, train_split)
+    started = time.perf_counter()
+    # Resuming covers single-process training; distributed runs start over after an interruption.
+    checkpoint_dir = project.train_checkpoint_dir if strategy is None else None
+    model, rows = training.fit(
+        config,
+        train_split,
+        validation_split,
+        settings,
+        strategy,
+        chief=task.is_chief,
+        checkpoint_dir=checkpoint_dir,
+    )
+    metrics = training.summarize(rows, time.perf_counter() - started)
+    if task.is_chief:
+        save_and_log(config, project, model, rows, metrics, validation_split.images, strategy)
+    else:
+        # Every worker takes part in saving (TensorFlow's multi-worker rule); this copy is discarded.
+        with distribute.scratch_model_path(project.model_file.name) as scratch:
+            model.save(scratch)
+    distribute.wait_for_all_workers(strategy)
+    return metrics
+
+
+def save_and_log(
+    config: ProjectConfig,
+    project: paths.ProjectPaths,
+    model: keras.Model,
+    rows: list[dict[str, float]],
+    metrics: dict[str, float],
+    example_images: np.ndarray,
+    strategy: tf.distribute.Strategy | None,
+) -> None:
+    """The chief's outputs: data/model and reports/train, and their copies in the MLflow run."""
+    with atomic_path(project.model_file, suffix=".keras") as temp_model:
+        model.save(temp_model)
+    save_resolved(config, project.model_dir / "config.yaml")
+    summary = training.model_summary(model)
+    write_text_atomic(project.model_dir / "summary.txt", summary)
+    history.write_history(project.history_file, rows)
+    write_json_atomic(project.train_metrics_file, metrics)
+    tracking.log_safely(
+        mlflow.log_metrics,
+        {"train_seconds": metrics["train_seconds"], "seconds_per_epoch": metrics["seconds_per_epoch"]},
+    )
+    tracking.log_safely(mlflow.log_text, summary, "model_summary.txt")
+    tracking.log_safely(mlflow.log_artifact, str(project.model_dir / "config.yaml"))
+    tracking.log_safely(mlflow.log_artifact, str(project.history_file))
+    # A distributed model's predict would wait for the other workers: log a plain copy of it instead.
+    loggable = model if strategy is None else trained_model.load_model(project.model_file)
+    tracking.log_safely(training.log_model, loggable, example_images)
+    # Only now, with every output written, is the checkpoint no longer needed to resume.
+    checkpoint.discard(project.train_checkpoint_dir)
+
+
+def run_name(config: ProjectConfig, overrides: list[str]) -> str:
+    """The preset name plus what the command line changed, e.g. 'seed_cnn train.optimizer=adam'."""
+    changed = [item for item in overrides if not item.startswith("model=")]
+    return " ".join([config.model.name, *changed])[:200]
+
+
+def preflight(config: ProjectConfig, project: paths.ProjectPaths) -> None:
+    """Params errors that need the machine or the data, reported before any run or output is started:
+    a GPU asked for but absent, steps_per_execution that does not divide an epoch (one replica)."""
+    runtime.select_device(config.train.device, config.train.inter_op_threads)
+    train_images = len(load_npz(project.prepared_dir / "train.npz", ("labels",))["labels"])
+    steps = recipe.steps_per_epoch(train_images, distribute.global_batch_size(config.train, 1))
+    recipe.check_steps_per_execution(steps, config.train.steps_per_execution)
+
+
+@stage_main
+def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
+    """Entry point of `python -m fashion_cnn.stages.train` (on every worker under multi_worker)."""
+    # TF_CONFIG is checked before any work; it decides who writes and logs.
+    task = distribute.current_task(config.train.strategy)
+    if not task.is_chief:
+        print(f"worker {task.task_type}:{task.index} of {task.workers}: training; the chief writes and logs")
+        train(config, project, task)
+        return
+    overrides = hydra_overrides()
+    preflight(config, project)
+    with tracking.stage_run(
+        project, config, "train", run_name(config, overrides), config.tracking.experiment_name, overrides
+    ) as run:
+        tracking.write_run_info(project, run)
+        train(config, project, task)
+
+
+if __name__ == "__main__":
+    sys.argv.extend(distribute.hydra_overrides_for_worker())
+    main()
