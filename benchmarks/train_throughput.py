@@ -1,465 +1,229 @@
 """Training throughput of the train stage vs the seed's plain Keras code, plus pipeline timings.
 
-`python -m benchmarks.train_throughput` (make bench) runs, in rounds, one fresh process per variant
-(benchmarks.workers): the seed notebook's code, the train stage's code path with params.yaml as it
-is, and the same with one speed setting changed. Every round runs all variants in the same order,
-so the seed and the project alternate and each variant's ratio compares runs minutes apart. Then it
-runs the whole train stage once (peak memory, time to the first step) and reproduces the quick
-profile with `dvc repro` (time per stage, no-op repro). Everything goes to reports/benchmarks.json.
+`python -m benchmarks.train_throughput` (make bench) runs rounds of one fresh process per variant
+(benchmarks.workers), the seed first in each, so every ratio compares runs minutes apart; then the
+whole train stage once, and `dvc repro` of the quick profile. It writes reports/benchmarks.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import math
+import dataclasses
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from benchmarks import default_report_path, machine, pipeline_timing
-from benchmarks.workers import SEED_BATCH_SIZE, SPAWNED_AT_ENV_VAR, compose_config
-from fashion_cnn import download, paths, prepare
+from benchmarks import default_report_path, machine, pipeline_timing, table
+from benchmarks.workers import SEED_BATCH_SIZE, compose_config, run_worker
+from fashion_cnn import data, fetch, paths
 from fashion_cnn.atomic import write_json_atomic
-from fashion_cnn.config import FashionCnnError
+from fashion_cnn.cli import run_cli
+from fashion_cnn.errors import FashionCnnError
 from fashion_cnn.model import count_parameters
-from fashion_cnn.stage import run_cli
-
-# The folder holding the `benchmarks` package: workers import it from there.
-BENCHMARKS_PARENT = Path(__file__).resolve().parents[1]
-# One worker never needs this long; a hung one is killed and recorded as failed.
-RUN_TIMEOUT_SECONDS = 900
+from fashion_cnn.stages import prepare
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Variant:
-    """One way of training the seed architecture: which code, which overrides, which environment."""
+    """A way of training the seed architecture: the train stage's fit with overrides and environment."""
 
     name: str
     description: str
-    kind: str  # "seed" (the notebook's code) or "project" (the train stage's fit)
     overrides: tuple[str, ...] = ()
-    environment: dict[str, str] = field(default_factory=dict)
-    # Run only on CPUs with any of these /proc/cpuinfo flags (empty: always).
-    needs_any_flag: tuple[str, ...] = ()
+    environment: dict[str, str] = dataclasses.field(default_factory=dict)
+    needs_any_flag: tuple[str, ...] = ()  # run only on CPUs with one of these /proc/cpuinfo flags
 
 
-SEED = Variant("seed", "the seed notebook's plain Keras code (reference)", "seed")
-PROJECT = Variant("project", "the train stage's fit with params.yaml as committed", "project")
-CPU_VARIANTS = (
-    SEED,
-    PROJECT,
-    # The seed recipe's epoch is 1,719 steps (55,000 images / 32): 3 and 9 are the values that divide it.
-    Variant(
-        "steps_per_execution_3", "train.steps_per_execution=3", "project", ("train.steps_per_execution=3",)
-    ),
-    Variant(
-        "steps_per_execution_9", "train.steps_per_execution=9", "project", ("train.steps_per_execution=9",)
-    ),
-    # Keras runs no XLA under deterministic ops: compare this with `nondeterministic`, not `project`.
-    Variant(
-        "jit_compile",
-        "train.jit_compile=on with train.deterministic=false (XLA on the CPU)",
-        "project",
-        ("train.jit_compile=on", "train.deterministic=false"),
-    ),
-    Variant(
-        "inter_op_1",
-        "train.inter_op_threads=1 (one op at a time, each on every core)",
-        "project",
-        ("train.inter_op_threads=1",),
-    ),
-    Variant(
-        "onednn_off",
-        "TF_ENABLE_ONEDNN_OPTS=0 (TensorFlow's default on x86 Linux, which the others use, is 1)",
-        "project",
-        environment={"TF_ENABLE_ONEDNN_OPTS": "0"},
-    ),
-    Variant(
-        "nondeterministic",
-        "train.deterministic=false (the price of deterministic ops)",
-        "project",
-        ("train.deterministic=false",),
-    ),
-    Variant(
-        "mixed_bfloat16",
-        "train.mixed_precision=mixed_bfloat16",
-        "project",
-        ("train.mixed_precision=mixed_bfloat16",),
-        needs_any_flag=machine.BFLOAT16_FLAGS,
-    ),
-)
-GPU_VARIANTS = (
-    SEED,
-    PROJECT,
-    Variant(
-        "gpu_fast",
-        "mixed_float16, steps_per_execution=9, XLA off, deterministic ops",
-        "project",
-        ("train.mixed_precision=mixed_float16", "train.steps_per_execution=9"),
-    ),
-    # XLA needs nondeterministic ops (Keras turns it off under determinism).
-    Variant(
-        "gpu_fast_xla",
-        "mixed_float16, steps_per_execution=9, XLA on, nondeterministic ops",
-        "project",
-        (
-            "train.mixed_precision=mixed_float16",
-            "train.steps_per_execution=9",
-            "train.jit_compile=on",
-            "train.deterministic=false",
+def setting(name: str, *overrides: str, note: str = "", **options: Any) -> Variant:
+    """A variant described by its overrides and a note."""
+    return Variant(name, f"{', '.join(overrides)} {note}".strip(), overrides, **options)
+
+
+# The seed runs the notebook's code instead of the train stage's, first in every round.
+SEED = Variant("seed", "the seed notebook's plain Keras code (reference)")
+PROJECT = Variant("project", "the train stage's fit with params.yaml as committed")
+ONEDNN_OFF = "TF_ENABLE_ONEDNN_OPTS=0 (TensorFlow's default on x86 Linux, which the others use, is 1)"
+GPU_FAST = ("train.mixed_precision=mixed_float16", "train.steps_per_execution=9")
+PROFILES = {
+    "cpu": (
+        SEED,
+        PROJECT,
+        # The seed recipe's epoch is 1,719 steps (55,000 images / 32): 3 and 9 are values that divide it.
+        setting("steps_per_execution_3", "train.steps_per_execution=3"),
+        setting("steps_per_execution_9", "train.steps_per_execution=9"),
+        # Keras runs no XLA under deterministic ops: compare this with `nondeterministic`, not `project`.
+        setting("jit_compile", "train.jit_compile=on", "train.deterministic=false", note="(XLA on the CPU)"),
+        setting("inter_op_1", "train.inter_op_threads=1", note="(one op at a time, each on every core)"),
+        Variant("onednn_off", ONEDNN_OFF, environment={"TF_ENABLE_ONEDNN_OPTS": "0"}),
+        setting("nondeterministic", "train.deterministic=false", note="(the price of deterministic ops)"),
+        setting(
+            "mixed_bfloat16", "train.mixed_precision=mixed_bfloat16", needs_any_flag=machine.BFLOAT16_FLAGS
         ),
     ),
-)
-PROFILES = {"cpu": CPU_VARIANTS, "gpu": GPU_VARIANTS}
+    "gpu": (
+        SEED,
+        PROJECT,
+        setting("gpu_fast", *GPU_FAST, note="(XLA off, deterministic ops)"),
+        # XLA needs nondeterministic ops (Keras turns it off under determinism).
+        setting("gpu_fast_xla", *GPU_FAST, "train.jit_compile=on", "train.deterministic=false"),
+    ),
+}
 
 
-@dataclass(frozen=True)
-class Settings:
-    """What to measure and how much (see the command-line help for each)."""
-
-    root: Path
-    scratch: Path
-    variants: tuple[Variant, ...] = CPU_VARIANTS
-    steps: int = 32
-    warmup: int = 4
-    repeats: int = 3
-    prepared_dir: Path | None = None
-    stage: bool = True
-    pipeline: bool = True
-    pipeline_profile: str = "quick"
-    noop_repeats: int = 3
-
-
-def rounded_up(value: int, multiple: int) -> int:
-    """The smallest multiple of `multiple` that is at least `value`."""
-    return math.ceil(value / multiple) * multiple
+def select_variants(
+    options: argparse.Namespace, flags: dict[str, bool]
+) -> tuple[list[Variant], dict[str, str]]:
+    """The profile's variants (the --variants subset and the seed) this CPU can run, and why not the rest."""
+    available = [variant.name for variant in PROFILES[options.profile]]
+    wanted = {SEED.name, *(name.strip() for name in (options.variants or ",".join(available)).split(","))}
+    if unknown := sorted(wanted - set(available)):
+        raise FashionCnnError(f"--variants: unknown {unknown} (profile {options.profile} has {available})")
+    chosen, not_applicable = [], {}
+    for variant in (variant for variant in PROFILES[options.profile] if variant.name in wanted):
+        if not variant.needs_any_flag or any(map(flags.get, variant.needs_any_flag)):
+            chosen.append(variant)
+        else:
+            flags_wanted = " or ".join(variant.needs_any_flag)
+            not_applicable[variant.name] = f"not applicable: the CPU has no {flags_wanted}"
+    return chosen, not_applicable
 
 
-def resolve_prepared_dir(settings: Settings) -> tuple[Path, str]:
+def prepared_data(options: argparse.Namespace) -> tuple[Path, str]:
     """The prepared arrays to train on: given, data/prepared, else made now by the project's own code."""
-    if settings.prepared_dir is not None:
-        return settings.prepared_dir, "given on the command line"
-    project_prepared = paths.ProjectPaths(settings.root).prepared_dir
-    if (project_prepared / "train.npz").is_file():
-        return project_prepared, "data/prepared"
-    print("[data] no data/prepared: preparing it with fashion_cnn.download and prepare", flush=True)
-    data_config = compose_config(settings.root, []).data
-    raw_dir = settings.scratch / "raw"
-    download.download(download.source_list(list(data_config.sources)), data_config.timeout_seconds, raw_dir)
-    prepared_dir = settings.scratch / "prepared"
-    prepare.prepare(raw_dir, prepared_dir, data_config)
-    return prepared_dir, "prepared from data.sources by fashion_cnn.prepare"
+    if options.prepared_dir is not None:
+        return options.prepared_dir, "given on the command line"
+    if (paths.ProjectPaths(options.root).prepared_dir / "train.npz").is_file():
+        return paths.ProjectPaths(options.root).prepared_dir, "data/prepared"
+    print("[data] no data/prepared: preparing it with the download and prepare stages", flush=True)
+    data_config, raw_dir = compose_config(options.root, []).data, options.scratch / "raw"
+    fetch.download(fetch.source_list(list(data_config.sources)), data_config.timeout_seconds, raw_dir)
+    prepare.prepare(raw_dir, options.scratch / "prepared", data_config)
+    return options.scratch / "prepared", "prepared from data.sources by the prepare stage"
 
 
-def count_training_images(prepared_dir: Path) -> int:
-    """Images in train.npz (reads only the labels)."""
-    train_file = prepared_dir / "train.npz"
-    if not train_file.is_file():
-        raise FashionCnnError(f"{train_file}: missing (run `dvc repro prepare` or pass --prepared-dir)")
-    with np.load(train_file) as archive:
-        return len(archive["labels"])
-
-
-def worker_environment(extra: dict[str, str]) -> dict[str, str]:
-    """This process's environment, the `benchmarks` package importable, and the variant's settings."""
-    environment = dict(os.environ)
-    environment.pop("FASHION_CNN_ROOT", None)
-    environment["PYTHONPATH"] = os.pathsep.join(
-        item for item in (str(BENCHMARKS_PARENT), environment.get("PYTHONPATH", "")) if item
-    )
-    environment.update(extra)
-    return environment
-
-
-def run_worker(
-    arguments: list[str], environment: dict[str, str], cwd: Path, log_path: Path
-) -> tuple[int, float, float]:
-    """Run `python -m benchmarks.workers ARGUMENTS`; return (exit code, peak RSS in MB, wall seconds).
-
-    The peak RSS comes from the kernel (wait4's rusage of this one child), not from the child itself.
-    """
-    command = [sys.executable, "-m", "benchmarks.workers", *arguments]
-    started = time.perf_counter()
-    with open(log_path, "w") as log:
-        environment = {**environment, SPAWNED_AT_ENV_VAR: repr(time.time())}
-        process = subprocess.Popen(command, cwd=cwd, env=environment, stdout=log, stderr=subprocess.STDOUT)
-        timer = threading.Timer(RUN_TIMEOUT_SECONDS, process.kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(process.pid, 0)
-        finally:
-            timer.cancel()
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, usage.ru_maxrss / 1024, time.perf_counter() - started
-
-
-def log_tail(log_path: Path, lines: int = 15) -> str:
-    """The last lines of a worker's log, for the report of a failed run."""
-    return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A variant with its warm-up and timed steps rounded to whole executions."""
-
-    variant: Variant
-    warmup: int
-    steps: int
-    batch_size: int
-
-
-def plan_variants(
-    settings: Settings, cpu_flags: dict[str, bool], training_images: int
-) -> tuple[list[Plan], dict[str, str]]:
-    """Compose and check every variant's config before spending minutes; skip the inapplicable ones."""
-    plans, not_applicable = [], {}
-    for variant in settings.variants:
-        if variant.needs_any_flag and not any(cpu_flags.get(flag) for flag in variant.needs_any_flag):
-            not_applicable[variant.name] = (
-                f"not applicable: the CPU has none of {', '.join(variant.needs_any_flag)}"
-            )
-            continue
-        variant_config = compose_config(settings.root, list(variant.overrides))
-        per_execution = variant_config.train.steps_per_execution if variant.kind == "project" else 1
-        batch_size = variant_config.train.batch_size if variant.kind == "project" else SEED_BATCH_SIZE
-        if batch_size != SEED_BATCH_SIZE:
-            raise FashionCnnError(
-                f"variant {variant.name}: train.batch_size = {batch_size}, but the comparison with "
-                f"the seed needs its batch of {SEED_BATCH_SIZE}"
-            )
-        plan = Plan(
-            variant,
-            rounded_up(max(settings.warmup, per_execution), per_execution),
-            rounded_up(settings.steps, per_execution),
-            batch_size,
-        )
-        # The step after the timed ones must start (its start closes the window): one image more.
-        needed = (plan.warmup + plan.steps) * batch_size + 1
-        if needed > training_images:
-            raise FashionCnnError(
-                f"variant {variant.name}: {plan.warmup} warm-up + {plan.steps} timed steps of "
-                f"{batch_size} need {needed} training images, the prepared data has {training_images}"
-            )
-        plans.append(plan)
-    return plans, not_applicable
-
-
-def measure_throughput(
-    settings: Settings,
-    plans: list[Plan],
-    prepared_dir: Path,
-    on_round: Callable[[list[dict[str, Any]]], None],
-) -> list[dict[str, Any]]:
-    """`repeats` rounds of one fresh process per variant, in the same order every round."""
+def measure_round(options: argparse.Namespace, variants: list[Variant], job: dict, index: int) -> list[dict]:
+    """One fresh process per variant, the seed first; each run's images/s also as a ratio to the seed's."""
     runs: list[dict[str, Any]] = []
-    for round_index in range(settings.repeats):
-        round_started = time.perf_counter()
-        for plan in plans:
-            variant = plan.variant
-            tag = f"{variant.name}-{round_index}"
-            result_path = settings.scratch / f"{tag}.json"
-            log_path = settings.scratch / f"{tag}.log"
-            arguments = [variant.kind, "--result", str(result_path), "--prepared", str(prepared_dir)]
-            arguments += ["--warmup", str(plan.warmup), "--steps", str(plan.steps)]
-            if variant.kind == "project":
-                arguments += ["--root", str(settings.root)]
-                arguments += [f"--override={item}" for item in variant.overrides]
-            code, peak_rss_mb, wall = run_worker(
-                arguments, worker_environment(variant.environment), settings.scratch, log_path
-            )
-            run = {"variant": variant.name, "round": round_index, "wall_seconds": wall}
-            if code == 0 and result_path.is_file():
-                run.update(json.loads(result_path.read_text()))
-                run["peak_rss_mb"] = peak_rss_mb
-                print(
-                    f"[throughput] round {round_index + 1}/{settings.repeats} {variant.name:<24} "
-                    f"{run['images_per_second']:7.1f} images/s  ({run['seconds_per_step'] * 1000:.0f} "
-                    f"ms/step, first step done {run['seconds_to_first_step_done']:.1f} s, {wall:.0f} s)",
-                    flush=True,
-                )
-            else:
-                run["error"] = f"exit code {code}: {log_tail(log_path)}"
-                print(f"[throughput] {variant.name} FAILED (exit {code}); log: {log_path}", flush=True)
-            runs.append(run)
-        on_round(runs)
-        if round_index == 0 and settings.repeats > 1:
-            round_seconds = time.perf_counter() - round_started
-            print(
-                f"[throughput] a round takes {round_seconds:.0f} s; {settings.repeats - 1} more: about "
-                f"{round_seconds * (settings.repeats - 1) / 60:.1f} min",
-                flush=True,
-            )
+    for variant in variants:
+        log_path = options.scratch / f"{variant.name}-{index}.log"
+        variant_job = {
+            **job,
+            "kind": "seed" if variant == SEED else "project",
+            "overrides": variant.overrides,
+        }
+        run = {
+            "variant": variant.name,
+            "round": index,
+            **run_worker(variant_job, log_path, variant.environment),
+        }
+        seed_run = runs[0] if runs else run  # the seed runs first
+        if "error" not in run and "error" not in seed_run:
+            run["ratio_vs_seed"] = run["images_per_second"] / seed_run["images_per_second"]
+        outcome = f"FAILED, log: {log_path}" if "error" in run else f"{run['images_per_second']:.1f} images/s"
+        print(f"[throughput] round {index + 1} {variant.name}: {outcome}", flush=True)
+        runs.append(run)
     return runs
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    """Median, min and max."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+def spread(values: list[float]) -> dict[str, float] | None:
+    """Median, min and max (None without values)."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)} if values else None
 
 
-def summarize(
-    runs: list[dict[str, Any]], plans: list[Plan], flops: dict[str, Any], peak: dict[str, Any]
-) -> dict[str, Any]:
-    """Per variant: images/s, the ratio to the seed run of the same round, GFLOP/s and share of peak."""
-    good = [run for run in runs if "error" not in run]
-    seed_by_round = {run["round"]: run["images_per_second"] for run in good if run["variant"] == SEED.name}
+def summarize(runs: list[dict], variants: list[Variant], compute: dict[str, Any]) -> dict[str, Any]:
+    """Per variant: images/s, ratio to the seed, first-step time, GFLOP/s, share of peak, memory, what ran."""
     summary = {}
-    for plan in plans:
-        mine = [run for run in good if run["variant"] == plan.variant.name]
-        entry: dict[str, Any] = {
-            "description": plan.variant.description,
-            "overrides": list(plan.variant.overrides),
-            "environment": plan.variant.environment,
-            "warmup_steps": plan.warmup,
-            "timed_steps": plan.steps,
-            "successful_runs": len(mine),
-            "failed_runs": sum(1 for run in runs if run["variant"] == plan.variant.name and "error" in run),
+    for variant in variants:
+        mine = [run for run in runs if run["variant"] == variant.name]
+        good = [run for run in mine if "error" not in run]
+        summary[variant.name] = entry = {
+            "description": variant.description,
+            "overrides": list(variant.overrides),
+            "environment": variant.environment,
+            "successful_runs": len(good),
+            "failed_runs": len(mine) - len(good),
         }
-        if mine:
-            speeds = [run["images_per_second"] for run in mine]
-            ratios = [
-                run["images_per_second"] / seed_by_round[run["round"]]
-                for run in mine
-                if run["round"] in seed_by_round
-            ]
-            median_speed = statistics.median(speeds)
-            gflops = median_speed * flops["training_gflop_per_image"]
-            entry.update(
-                {
-                    "images_per_second": spread(speeds),
-                    "ratio_vs_seed": spread(ratios) if ratios else None,
-                    "seconds_per_step_median": plan.batch_size / median_speed,
-                    "gflops": gflops,
-                    "fraction_of_peak": gflops / peak["peak_gflops"] if peak["peak_gflops"] else None,
-                    "seconds_to_first_step_done": spread([run["seconds_to_first_step_done"] for run in mine]),
-                    "peak_rss_mb": max(run["peak_rss_mb"] for run in mine),
-                }
+        if good:
+            for key in ("images_per_second", "ratio_vs_seed", "seconds_to_first_step_done"):
+                entry[key] = spread([run[key] for run in good if key in run])
+            entry["gflops"] = entry["images_per_second"]["median"] * compute["training_gflop_per_image"]
+            entry["fraction_of_peak"] = (
+                entry["gflops"] / compute["peak_gflops"] if compute["peak_gflops"] else None
             )
-        summary[plan.variant.name] = entry
+            entry["peak_rss_mb"] = max(run["peak_rss_mb"] for run in good)
+            # Each read-back field's distinct values over the runs (one each when the runs agree).
+            effective = [run["effective"] for run in good if run.get("effective")]
+            entry["effective"] = {key: sorted({item[key] for item in effective}) for key in effective[0]}
     return summary
 
 
-def measure_stage(settings: Settings, prepared_dir: Path, steps: int, warmup: int) -> dict[str, Any]:
-    """The whole train stage (`python -m fashion_cnn.train`, params.yaml as is) stopped after the steps."""
-    import mlflow
-
-    stage_root = settings.scratch / "stage-project"
-    stage_root.mkdir()
-    for name in ("params.yaml", "dvc.yaml"):
-        shutil.copy2(settings.root / name, stage_root / name)
-    shutil.copytree(settings.root / "conf", stage_root / "conf")
-    (stage_root / "data").mkdir()
-    (stage_root / "data" / "prepared").symlink_to(prepared_dir.resolve(), target_is_directory=True)
-    tracking_uri = f"sqlite:///{stage_root / 'mlflow.db'}"
-    # Earlier stages of `dvc repro` create the store; so does this, outside the measured process.
-    mlflow.MlflowClient(tracking_uri).search_experiments()
-    batch_size = compose_config(settings.root, []).train.batch_size
-    environment = worker_environment(
-        {"FASHION_CNN_ROOT": str(stage_root), "MLFLOW_TRACKING_URI": tracking_uri}
-    )
-    result_path = settings.scratch / "stage.json"
-    log_path = settings.scratch / "stage.log"
-    arguments = ["stage", "--result", str(result_path), "--warmup", str(warmup), "--steps", str(steps)]
-    arguments += ["--batch-size", str(batch_size)]
-    print(f"[stage] python -m fashion_cnn.train, stopped after {warmup + steps} steps", flush=True)
-    code, peak_rss_mb, wall = run_worker(arguments, environment, stage_root, log_path)
-    if code != 0 or not result_path.is_file():
-        return {"error": f"exit code {code}: {log_tail(log_path)}"}
-    result = json.loads(result_path.read_text())
-    result.update({"peak_rss_mb": peak_rss_mb, "wall_seconds": wall, "mlflow_store": "created beforehand"})
-    print(
-        f"[stage] peak RSS {peak_rss_mb:.0f} MB, first step done "
-        f"{result['seconds_to_first_step_done']:.1f} s after start (imports "
-        f"{result['seconds_imports']:.1f} s, data {result['seconds_data_loading']:.1f} s)",
-        flush=True,
-    )
-    return result
-
-
-def run_benchmark(settings: Settings, on_progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    """Measure everything `settings` asks for; return the report (on_progress sees partial ones)."""
+def run_benchmark(options: argparse.Namespace, output: Path | None = None) -> dict[str, Any]:
+    """Measure everything `options` asks for; return the report, written to `output` as it grows."""
     started = time.perf_counter()
-    settings.scratch.mkdir(parents=True, exist_ok=True)
-    if os.getloadavg()[0] > 0.5:
-        print(f"[warning] load average {os.getloadavg()[0]:.1f}: other work will slow the runs", flush=True)
-    hardware = machine.hardware()
-    default_config = compose_config(settings.root, [])
-    flops = machine.training_flops(default_config.model)
-    peak = machine.peak_gflops(hardware)
-    prepared_dir, prepared_source = resolve_prepared_dir(settings)
-    training_images = count_training_images(prepared_dir)
-    plans, not_applicable = plan_variants(settings, hardware["flags"], training_images)
+    options.scratch.mkdir(parents=True, exist_ok=True)
+    hardware, project_config = machine.hardware(), compose_config(options.root, [])
+    if project_config.train.batch_size != SEED_BATCH_SIZE:
+        raise FashionCnnError(f"train.batch_size: the comparison with the seed needs its {SEED_BATCH_SIZE}")
+    variants, not_applicable = select_variants(options, hardware["flags"])
+    prepared_dir, prepared_source = prepared_data(options)
     report: dict[str, Any] = {
         "complete": False,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "hardware": hardware,
         "versions": machine.versions(),
         "settings": {
-            "repeats": settings.repeats,
-            "timed_steps": settings.steps,
-            "warmup_steps": settings.warmup,
+            "profile": options.profile,
+            "repeats": options.repeats,
+            "timed_steps": options.steps,
+            "warmup_steps": options.warmup,
             "batch_size": SEED_BATCH_SIZE,
-            "model": default_config.model.name,
-            "parameters": count_parameters(default_config.model),
-            "training_images": training_images,
+            "model": project_config.model.name,
+            "parameters": count_parameters(project_config.model),
+            "training_images": len(data.load_npz(prepared_dir / "train.npz", ("labels",))["labels"]),
             "prepared_data": prepared_source,
-            "order": "each round runs every variant once, in this order: "
-            + ", ".join(plan.variant.name for plan in plans),
-            "niceness": os.nice(0),
             # Anything else running (a load near the core count) slows every variant: check this first.
             "load_average_at_start": os.getloadavg(),
         },
-        "compute": {**flops, **peak},
+        "compute": machine.compute(project_config.model, hardware),
         "not_applicable": not_applicable,
+        "runs": [],
     }
 
-    def publish(runs: list[dict[str, Any]]) -> None:
-        report["runs"] = runs
-        report["variants"] = summarize(runs, plans, flops, peak)
-        report["elapsed_seconds"] = time.perf_counter() - started
-        if on_progress:
-            on_progress(report)
+    def publish(**measured: Any) -> None:
+        report.update(measured, elapsed_seconds=time.perf_counter() - started)
+        if output:
+            write_json_atomic(output, report)
 
-    runs = measure_throughput(settings, plans, prepared_dir, publish)
-    seed_parameters = {
-        run["parameters"] for run in runs if run["variant"] == SEED.name and "parameters" in run
-    }
+    job = dict(prepared=str(prepared_dir), root=str(options.root), warmup=options.warmup, steps=options.steps)
+    for round_index in range(options.repeats):
+        report["runs"] += measure_round(options, variants, job, round_index)
+        publish(variants=summarize(report["runs"], variants, report["compute"]))
     # The seed's Sequential and the layer list in params.yaml must describe the same network.
-    report["settings"]["same_architecture"] = (
-        seed_parameters == {report["settings"]["parameters"]} if seed_parameters else None
+    settings = report["settings"]
+    counted = [
+        run["parameters"] for run in report["runs"] if run["variant"] == SEED.name and "error" not in run
+    ]
+    settings["same_architecture"] = (
+        all(count == settings["parameters"] for count in counted) if counted else None
     )
-    publish(runs)
-    if settings.stage:
-        report["train_stage"] = measure_stage(settings, prepared_dir, settings.steps, settings.warmup)
-        publish(runs)
-    if settings.pipeline:
-        report["pipeline"] = pipeline_timing.time_pipeline(
-            settings.root, settings.pipeline_profile, settings.noop_repeats, settings.scratch
-        )
-    report["complete"] = True
-    publish(runs)
+    if options.stage:
+        stage_job = {**job, "batch_size": SEED_BATCH_SIZE}
+        publish(train_stage=pipeline_timing.measure_stage(options.root, options.scratch, stage_job))
+    if options.pipeline:
+        publish(pipeline=pipeline_timing.time_pipeline(options.root, "quick", options.scratch))
+    publish(complete=True)
     return report
 
 
 def failed_runs(report: dict[str, Any]) -> list[str]:
     """Names of what failed: variant runs and the stage run."""
     failures = [f"{run['variant']} round {run['round']}" for run in report.get("runs", []) if "error" in run]
-    if "error" in report.get("train_stage", {}):
-        failures.append("train stage")
-    return failures
+    return failures + (["train stage"] if "error" in report.get("train_stage", {}) else [])
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -472,63 +236,34 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="rounds over all variants (3)")
     parser.add_argument("--prepared-dir", type=Path, help="prepared arrays (default: data/prepared)")
     parser.add_argument("--output", type=Path, help="report file (default: reports/benchmarks.json)")
-    parser.add_argument("--no-stage", action="store_true", help="skip the whole-stage run (memory)")
-    parser.add_argument("--no-pipeline", action="store_true", help="skip the dvc repro timings")
+    parser.add_argument("--no-stage", dest="stage", action="store_false", help="skip the whole-stage run")
+    parser.add_argument("--no-pipeline", dest="pipeline", action="store_false", help="skip dvc repro timings")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (worker logs)")
-    arguments = parser.parse_args(argv)
-    for name in ("steps", "warmup", "repeats"):
-        if getattr(arguments, name) < 1:
-            parser.error(f"--{name} = {getattr(arguments, name)}: must be at least 1")
-    return arguments
-
-
-def select_variants(profile: str, names: str | None) -> tuple[Variant, ...]:
-    """The profile's variants, or the named subset (the seed is always kept: it is the reference)."""
-    available = {variant.name: variant for variant in PROFILES[profile]}
-    if not names:
-        return PROFILES[profile]
-    wanted = [name.strip() for name in names.split(",") if name.strip()]
-    unknown = [name for name in wanted if name not in available]
-    if unknown:
-        raise FashionCnnError(
-            f"--variants: unknown {', '.join(unknown)} (profile {profile} has: {', '.join(available)})"
-        )
-    return tuple(variant for variant in PROFILES[profile] if variant.name in {SEED.name, *wanted})
+    options = parser.parse_args(argv)
+    if min(options.steps, options.warmup, options.repeats) < 1:
+        parser.error("--steps, --warmup and --repeats must be at least 1")
+    return options
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m benchmarks.train_throughput`."""
-    arguments = parse_arguments(argv)
-    root = paths.find_root()
-    output = arguments.output or default_report_path()
-    scratch = Path(tempfile.mkdtemp(prefix="fashion-cnn-bench-"))
+    options = parse_arguments(argv)
+    options.root, options.scratch = paths.find_root(), Path(tempfile.mkdtemp(prefix="fashion-cnn-bench-"))
+    output = options.output or default_report_path()
 
     def action() -> str:
-        from benchmarks import table
-
-        settings = Settings(
-            root=root,
-            scratch=scratch,
-            variants=select_variants(arguments.profile, arguments.variants),
-            steps=arguments.steps,
-            warmup=arguments.warmup,
-            repeats=arguments.repeats,
-            prepared_dir=arguments.prepared_dir,
-            stage=not arguments.no_stage,
-            pipeline=not arguments.no_pipeline,
-        )
-        report = run_benchmark(settings, on_progress=lambda partial: write_json_atomic(output, partial))
+        report = run_benchmark(options, output)
         if failures := failed_runs(report):
             raise FashionCnnError(f"{len(failures)} run(s) failed: {', '.join(failures)}; see {output}")
-        return table.format_report(report) + f"\n\nwrote {output} in {report['elapsed_seconds'] / 60:.1f} min"
+        return f"{table.format_report(report)}\n\nwrote {output} in {report['elapsed_seconds'] / 60:.1f} min"
 
     try:
         return run_cli(action)
     finally:
-        if arguments.keep:
-            print(f"kept worker logs in {scratch}")
+        if options.keep:
+            print(f"kept worker logs in {options.scratch}")
         else:
-            shutil.rmtree(scratch, ignore_errors=True)
+            shutil.rmtree(options.scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from benchmarks import table, train_throughput
-from fashion_cnn.atomic import write_json_atomic
 
 # Two fresh TensorFlow processes: more than the ~10 s a fast test may take.
 pytestmark = pytest.mark.slow
@@ -17,19 +16,13 @@ pytestmark = pytest.mark.slow
 def test_harness_reports_both_variants_with_positive_numbers(
     tmp_path: Path, synthetic_prepared: Path, repo_root: Path
 ) -> None:
-    settings = train_throughput.Settings(
-        root=repo_root,
-        scratch=tmp_path / "scratch",
-        variants=(train_throughput.SEED, train_throughput.PROJECT),
-        steps=2,
-        warmup=1,
-        repeats=1,
-        prepared_dir=synthetic_prepared,
-        stage=False,
-        pipeline=False,
+    options = train_throughput.parse_arguments(
+        ["--variants", "project", "--steps", "2", "--warmup", "1", "--repeats", "1"]
+        + ["--prepared-dir", str(synthetic_prepared), "--no-stage", "--no-pipeline"]
     )
+    options.root, options.scratch = repo_root, tmp_path / "scratch"
     report_file = tmp_path / "benchmarks.json"
-    write_json_atomic(report_file, train_throughput.run_benchmark(settings))
+    train_throughput.run_benchmark(options, report_file)
     report = json.loads(report_file.read_text())
 
     assert report["complete"] is True
@@ -49,5 +42,11 @@ def test_harness_reports_both_variants_with_positive_numbers(
         for key in ("images_per_second", "ratio_vs_seed", "seconds_to_first_step_done"):
             assert entry[key]["median"] > 0, (name, key)
         assert entry["gflops"] > 0 and entry["peak_rss_mb"] > 0
+        # What ran, read back from the model once fit had started (float32: neither sets a policy).
+        assert {"device", "jit_compile", "dtype_policy"} <= set(entry["effective"]), name
+        assert entry["effective"]["dtype_policy"] == ["float32"], name
+    # The project's run records the train stage's read-back: params.yaml has jit_compile off, determinism on.
+    assert report["runs"][1]["effective"]["jit_compile"] is False
+    assert report["runs"][1]["effective"]["deterministic"] is True
     markdown = table.format_report(report)
-    assert "| `seed` |" in markdown and "| `project` |" in markdown
+    assert "| `seed` |" in markdown and "| `project` |" in markdown and "XLA as run" in markdown
