@@ -85,12 +85,8 @@ recipe-finalist: setup ## Train and test the cpu_15min preset once in a clean co
 reproduce-recipe: setup ## Rerun the cpu_15min preset in a clean copy; fail unless it reproduces reports/recipe/metrics.json
 	python -m fashion_cnn.tools.reproduce --profile cpu_15min --tolerance $(TOLERANCE)
 
-ui: setup ## Serve the MLflow UI for the project's own store on http://127.0.0.1:$MLFLOW_PORT (default 5000)
-	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)  (Ctrl-C stops it)"
-	@# The server's job runner (GenAI features) costs 8 processes and about 1 GB; tracking needs none.
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} \
-	mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
-		--default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(MLFLOW_PORT)
+ui: setup ## Serve the MLflow UI for the project's own store on http://127.0.0.1:$MLFLOW_PORT (default 5000); prints the runs tables' addresses
+	python -m fashion_cnn.tools.ui --port $(MLFLOW_PORT)
 
 compare: setup ## Table of the latest training runs: params that differ, test accuracy, epoch time
 	python -m fashion_cnn.tools.compare --last 10

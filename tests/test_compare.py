@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import urllib.parse
 
 import mlflow
 import pytest
@@ -32,6 +34,13 @@ def test_compare_shows_the_params_that_differ_newest_first(repo_root, monkeypatc
     assert lines[1].split()[:2] == ["second", "FINISHED"]
     assert "adam" in lines[1] and "0.9117" in lines[1]
     assert "nadam" in lines[2]
+    # A ready compare view of exactly these runs.
+    url = lines[-1].rsplit(" ", 1)[-1]
+    assert url.startswith("http://127.0.0.1:5000/#/compare-runs?")
+    query = urllib.parse.parse_qs(url.split("?", 1)[1])
+    run_ids = mlflow.search_runs(experiment_names=["fashion-cnn"])["run_id"].tolist()
+    assert sorted(json.loads(query["runs"][0])) == sorted(run_ids)
+    assert json.loads(query["experiments"][0]) == [mlflow.get_experiment_by_name("fashion-cnn").experiment_id]
 
 
 def test_compare_without_runs_is_a_one_line_error(repo_root, monkeypatch, capsys):

@@ -29,7 +29,7 @@ from PIL import Image
 from servers import VENV_BIN, MlflowServer, free_port
 
 from fashion_cnn import config as config_module
-from fashion_cnn import data, fetch
+from fashion_cnn import data, fetch, tracking
 from fashion_cnn.stages import prepare
 from fashion_cnn.tools import predict
 
@@ -294,6 +294,28 @@ def test_compare_view_in_headless_chromium_shows_both_runs_and_the_differing_par
     assert ["train.optimizer", *OPTIMIZERS] in rows, "the compare view does not show the differing param"
     png_check(screenshot)
     print(f"screenshot of the compare view: {screenshot}")
+
+
+@pytest.mark.usefixtures("chromium")
+def test_the_experiment_opens_on_its_runs_table_in_headless_chromium(
+    trained_runs: TrainedRuns, tmp_path: Path, png_check
+) -> None:
+    experiment = api(
+        trained_runs.server, "/api/2.0/mlflow/experiments/get", experiment_id=trained_runs.experiment_id
+    )["experiment"]
+    tags = {tag["key"]: tag["value"] for tag in experiment["tags"]}
+    assert tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    # The address `make ui` prints.
+    url = tracking.runs_table_url(trained_runs.server.url, trained_runs.experiment_id)
+    screenshot = tmp_path / "experiment.png"
+    dom = headless_chromium(url, tmp_path / "profile", "--dump-dom", f"--screenshot={screenshot}")
+    names = [
+        get_run(trained_runs.server, run_id)["info"]["run_name"] for run_id in trained_runs.run_ids.values()
+    ]
+    print(f"screenshot of the experiment page: {screenshot}")
+    assert all(name in dom for name in names), "the experiment page does not list the training runs"
+    assert "Detect issues" not in dom, "the GenAI overview opened instead of the runs table"
+    png_check(screenshot)
 
 
 # ---- serving the latest trained model ----

@@ -1,4 +1,5 @@
-"""MLflow wiring: logging that survives a failing store, and Hydra sweeps grouped under a parent run."""
+"""MLflow wiring: logging that survives a failing store, Hydra sweeps grouped under a parent run, and
+experiments the UI opens on their runs table."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ import mlflow
 import pytest
 from servers import free_port
 
-from fashion_cnn import tracking
+from fashion_cnn import paths, server, tracking
+from fashion_cnn.tools import ui
 
 # ---- logging calls that fail ----
 
 
 def test_a_failed_call_on_a_local_store_is_recorded_and_the_next_call_still_made(tmp_path: Path) -> None:
-    failures = tracking.LoggingFailures(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    failures = server.LoggingFailures(f"sqlite:///{tmp_path / 'mlflow.db'}")
     missing = tmp_path / "no-such-report.csv"
 
     def log_artifact(path: str) -> None:
@@ -32,7 +34,7 @@ def test_a_failed_call_on_a_local_store_is_recorded_and_the_next_call_still_made
 
 
 def test_once_the_server_stops_answering_later_calls_try_once_without_retries() -> None:
-    failures = tracking.LoggingFailures(f"http://127.0.0.1:{free_port()}")  # Nothing listens there.
+    failures = server.LoggingFailures(f"http://127.0.0.1:{free_port()}")  # Nothing listens there.
     retries_per_attempt = []
 
     def log_metrics(values: dict[str, float]) -> None:
@@ -53,11 +55,11 @@ def test_once_the_server_stops_answering_later_calls_try_once_without_retries() 
 
 def test_a_bug_in_a_logging_call_is_not_swallowed() -> None:
     with pytest.raises(ZeroDivisionError):
-        tracking.LoggingFailures().call(lambda: 1 / 0)
+        server.LoggingFailures().call(lambda: 1 / 0)
 
 
 def test_no_warning_when_every_call_succeeded() -> None:
-    failures = tracking.LoggingFailures("sqlite:///unused.db")
+    failures = server.LoggingFailures("sqlite:///unused.db")
     assert failures.call(lambda value: value * 2, 21) == 42
     assert failures.summary() == ""
 
@@ -99,3 +101,28 @@ def test_multirun_gives_one_child_run_per_job_under_one_parent_run(
         assert child.data.tags["dvc.experiment"] == "tiny-sweep"
         assert child.data.tags["git.commit"] == commit
     assert len({child.info.run_name for child in children}) == 2
+
+
+# ---- the UI opens on the runs table ----
+
+
+def test_experiments_are_marked_as_model_training_new_or_old(project: Path) -> None:
+    project_paths = paths.ProjectPaths(project)
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    # An experiment created before the tag existed (or by MLflow itself) gets it too.
+    old_id = mlflow.create_experiment("fashion-cnn-pipeline")
+    assert tracking.EXPERIMENT_KIND_TAG not in mlflow.get_experiment(old_id).tags
+    lines = ui.runs_table_lines(project_paths, "http://127.0.0.1:5000")
+    for name in ("fashion-cnn", "fashion-cnn-pipeline"):
+        experiment = mlflow.get_experiment_by_name(name)
+        assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+        page = f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"
+        assert f"{name}: {page}?workflowType=machine_learning" in lines
+    assert mlflow.get_experiment_by_name("fashion-cnn-pipeline").experiment_id == old_id
+
+
+def test_the_ui_server_listens_on_loopback_over_the_projects_store(project: Path) -> None:
+    command = ui.server_command(paths.ProjectPaths(project), 5002)
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+    assert command[command.index("--port") + 1] == "5002"
+    assert command[command.index("--backend-store-uri") + 1] == f"sqlite:///{project / 'mlflow.db'}"

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import yaml
 from conftest import stage_process, tiny_arrays
 
 from fashion_cnn import config as config_module
-from fashion_cnn import data, evaluation, trained_model
+from fashion_cnn import data, evaluation, progress, quiet, trained_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = ["model=small_cnn", "train.epochs=2", "train.batch_size=32"]
@@ -216,3 +217,19 @@ def test_evaluate_follows_the_trained_model_not_the_current_params(tiny_project:
     run = mlflow.MlflowClient().get_run(run_id)
     assert mlflow.get_experiment(run.info.experiment_id).name == "preset-runs"
     assert "test_accuracy" in run.data.metrics
+
+
+def test_output_is_quiet_shows_progress_and_everything_comes_back_on_request(
+    tiny_project: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # A progress line as often as possible (the default is at most one per 30 s).
+    monkeypatch.setenv(progress.INTERVAL_ENV_VAR, "0")
+    for stage in ("train", "evaluate"):
+        result = checked(run_stage(tiny_project, stage, *TINY_RUN))
+        lines = (result.stdout + result.stderr).splitlines()
+        assert [line for line in lines if quiet.is_noise(line) or "\x1b[" in line] == [], stage
+    progress_line = r"^epoch 1/2: step \d+/19 \(\d+%\), [\d,.]+ images/s, ETA \w+, run ETA \w+$"
+    assert re.search(progress_line, run_stage(tiny_project, "train", *TINY_RUN).stdout, re.M)
+    monkeypatch.setenv(quiet.VERBOSE_ENV_VAR, "1")
+    verbose = checked(run_stage(tiny_project, "evaluate", *TINY_RUN))
+    assert any(quiet.is_noise(line) for line in (verbose.stdout + verbose.stderr).splitlines())

@@ -12,6 +12,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from fashion_cnn import progress
 from fashion_cnn.atomic import write_bytes_atomic
 from fashion_cnn.errors import DataError
 from fashion_cnn.idx import gunzip
@@ -72,9 +73,14 @@ def fetch(source: str, file_name: str, timeout_seconds: float) -> bytes:
     request = urllib.request.Request(url, headers={"User-Agent": "fashion-cnn"})
     try:
         with urllib.request.urlopen(request, timeout=timeout_seconds) as response:
-            chunks = []
+            size = int(response.headers.get("Content-Length") or 0)
+            shown = progress.Progress(url, size, "byte", "MB", rate_per_unit=1e-6) if size else None
+            chunks, received = [], 0
             while chunk := response.read(CHUNK_BYTES):
                 chunks.append(chunk)
+                received += len(chunk)
+                if shown is not None:
+                    shown.update(min(received, size))
             return b"".join(chunks)
     except urllib.error.HTTPError as error:
         raise DataError(f"{url}: HTTP {error.code} {error.reason}") from None

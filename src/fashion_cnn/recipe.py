@@ -1,4 +1,4 @@
-"""The training recipe beyond the seed's: learning-rate schedules, label smoothing and what fit() is fed.
+"""The training recipe: the optimizer, its learning-rate schedule, the loss, and what fit() is fed.
 
 All of it is off by default (constant learning rate, no smoothing, no augmentation): the seed's
 recipe, fed as seeded tf.data batches that are reshuffled every epoch (fashion_cnn.augmentation).
@@ -72,6 +72,26 @@ def learning_rate(
             values = [peak * schedule.step_factor**index for index in range(step_count + 1)]
             return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
     return peak
+
+
+def optimizer(
+    train_config: TrainConfig, peak_rate: float, steps_per_epoch: int = 1
+) -> keras.optimizers.Optimizer:
+    """The optimizer named in params, with its learning rate or a schedule peaking at `peak_rate`
+    (and momentum for sgd)."""
+    rate = learning_rate(train_config, steps_per_epoch, peak_rate)
+    # Decoupled weight decay (AdamW-style in Keras 3); None is the optimizers' own default.
+    weight_decay = train_config.weight_decay or None
+    if train_config.optimizer == "sgd":
+        return keras.optimizers.SGD(
+            learning_rate=rate, momentum=train_config.momentum, weight_decay=weight_decay
+        )
+    optimizers = {
+        "nadam": keras.optimizers.Nadam,
+        "adam": keras.optimizers.Adam,
+        "rmsprop": keras.optimizers.RMSprop,
+    }
+    return optimizers[train_config.optimizer](learning_rate=rate, weight_decay=weight_decay)
 
 
 def loss(train_config: TrainConfig) -> str | keras.losses.Loss:

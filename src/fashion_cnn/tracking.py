@@ -2,40 +2,41 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
+import json
 import logging
 import os
 import platform
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import mlflow
-import requests
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from fashion_cnn import paths, sweep
+from fashion_cnn import paths, server, sweep
 from fashion_cnn.atomic import write_json_atomic
 from fashion_cnn.cli import hydra_overrides
 from fashion_cnn.config import ProjectConfig, flatten
-from fashion_cnn.errors import FashionCnnError
 
 log = logging.getLogger(__name__)
 
 # MLflow refuses param values over 6000 characters and batches over 100 params.
 MAX_PARAM_LENGTH = 6000
 PARAM_BATCH = 100
-# How long a remote tracking server may take to answer its health check.
-SERVER_TIMEOUT_SECONDS = 5.0
 # MLflow retries a failed request 7 times over about 4 minutes (meant for rate-limited hosted
 # servers), per call. A stage whose server went away mid-run should give up on a call within
 # seconds and go on training, so stages retry twice within about 3 s unless the user set these.
 HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+# MLflow 3's UI opens an experiment on its GenAI overview unless this tag says it trains models;
+# then it opens on the runs table.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def tracking_uri(project: paths.ProjectPaths) -> str:
@@ -52,46 +53,46 @@ def artifact_location(uri: str) -> str | None:
     return (database.parent / "mlartifacts").as_uri()
 
 
-def is_remote(uri: str) -> bool:
-    """True for a tracking server URI (http or https), False for a local store."""
-    return uri.startswith(("http://", "https://"))
-
-
-def check_server(uri: str, timeout_seconds: float = SERVER_TIMEOUT_SECONDS) -> None:
-    """Fail fast, naming the URI, when a tracking server does not answer (MLflow retries for minutes)."""
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_seconds):
-            return
-    except urllib.error.HTTPError:
-        return  # It answered: a server behind a proxy may not expose /health.
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise FashionCnnError(
-            f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is unreachable ({reason}); start it or "
-            f"unset MLFLOW_TRACKING_URI to use the local mlflow.db"
-        ) from None
-
-
 def use_experiment(project: paths.ProjectPaths, experiment_name: str) -> str:
     """Point MLflow at the project's store and experiment, creating it if needed; return its id."""
     uri = tracking_uri(project)
-    if is_remote(uri):
-        check_server(uri)
+    if server.is_remote(uri):
+        server.check_server(uri)
         for name, value in HTTP_RETRY_DEFAULTS.items():
             os.environ.setdefault(name, value)
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(experiment_name)
     if experiment is not None:
         mlflow.set_experiment(experiment_name)
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            # An experiment made before the tag existed, or by MLflow itself: mark it too.
+            mlflow.set_experiment_tag(EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return experiment.experiment_id
     location = artifact_location(uri)
     try:
-        experiment_id = mlflow.create_experiment(experiment_name, artifact_location=location)
+        experiment_id = mlflow.create_experiment(
+            experiment_name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        )
     except mlflow.exceptions.MlflowException:
         # Another process created it first.
         experiment_id = mlflow.get_experiment_by_name(experiment_name).experiment_id
     mlflow.set_experiment(experiment_name)
     return experiment_id
+
+
+def runs_table_url(base_url: str, experiment_id: str) -> str:
+    """The UI page of an experiment's runs table, in the UI's model-training view.
+
+    MLflow 3.17's UI chooses between its GenAI and model-training views from this query parameter
+    (or the user's last choice), and reads the experiment's kind tag only where that switch is off.
+    """
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def compare_url(base_url: str, experiment_ids: list[str], run_ids: list[str]) -> str:
+    """The UI's compare view of these runs (MLflow 3's route: JSON lists of ids)."""
+    query = urllib.parse.urlencode({"runs": json.dumps(run_ids), "experiments": json.dumps(experiment_ids)})
+    return f"{base_url.rstrip('/')}/#/compare-runs?{query}"
 
 
 def git_tags(root: Path) -> dict[str, str]:
@@ -135,91 +136,6 @@ def log_config(config: ProjectConfig) -> None:
     mlflow.log_dict(config.model_dump(mode="json"), "config.yaml")
 
 
-# ---- logging that survives a tracking server going away ----
-
-# What a logging call raises when the store or server fails: MLflow wraps most HTTP errors in
-# MlflowException; artifact uploads can surface requests' and the OS's own errors.
-LOGGING_ERRORS = (mlflow.exceptions.MlflowException, requests.exceptions.RequestException, OSError)
-
-
-class LoggingFailures:
-    """The MLflow calls of one stage that failed: a lost server costs the run's records, not the outputs."""
-
-    def __init__(self, uri: str = "") -> None:
-        self.uri = uri
-        self.failed: list[str] = []
-        self.first_error = ""
-        # Set when a call failed and the server did not answer its health check either; cleared
-        # when a later call gets through.
-        self.server_gone = False
-
-    def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """function(*args, **kwargs), or None (recorded) when it fails."""
-        try:
-            if not self.server_gone:
-                return function(*args, **kwargs)
-            with quick_requests():
-                result = function(*args, **kwargs)
-            self.server_gone = False
-            return result
-        except LOGGING_ERRORS as error:
-            self.failed.append(getattr(function, "__name__", repr(function)))
-            self.first_error = self.first_error or " ".join(str(error).split())[:300]
-            if not self.server_gone and is_remote(self.uri):
-                self.server_gone = not server_answers(self.uri)
-            return None
-
-    def summary(self) -> str:
-        """One line naming the failed calls, or '' when every call succeeded."""
-        if not self.failed:
-            return ""
-        counts = collections.Counter(self.failed)
-        calls = ", ".join(f"{name} x{count}" if count > 1 else name for name, count in counts.items())
-        cause = "the server stopped answering" if self.server_gone else self.first_error
-        return (
-            f"warning: {len(self.failed)} MLflow logging call(s) to {self.uri} failed ({calls}): {cause}; "
-            f"the stage's own outputs are complete, its MLflow run is not"
-        )
-
-
-@contextlib.contextmanager
-def quick_requests() -> Iterator[None]:
-    """MLflow requests without retries and with the health check's timeout, for a server that is gone:
-    each call then fails at once (or comes through if the server is back) instead of stalling."""
-    quick = {
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(SERVER_TIMEOUT_SECONDS)),
-    }
-    saved = {name: os.environ.get(name) for name in quick}
-    os.environ.update(quick)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def server_answers(uri: str) -> bool:
-    """Whether a tracking server answers its health check now."""
-    try:
-        check_server(uri)
-    except FashionCnnError:
-        return False
-    return True
-
-
-# The stage in progress records its failed calls here (stage_run installs a fresh one).
-_failures = LoggingFailures()
-
-
-def log_safely(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call an MLflow logging function; a failure is recorded and reported when the stage ends."""
-    return _failures.call(function, *args, **kwargs)
-
-
 # ---- one MLflow run per stage ----
 
 
@@ -238,9 +154,8 @@ def stage_run(
     Logging calls made through log_safely during the stage that fail are listed in one warning
     line at the end, after the stage's outputs are written.
     """
-    global _failures
     experiment_id = use_experiment(project, experiment_name)
-    _failures = LoggingFailures(mlflow.get_tracking_uri())
+    server.record_failures(mlflow.get_tracking_uri())
     if run_id is None:
         tags = run_tags(project, stage, overrides)
         if os.environ.get("DVC_EXP_NAME"):
@@ -263,10 +178,10 @@ def stage_run(
         status = "KILLED"
         raise
     finally:
-        log_safely(mlflow.end_run, status=status)
+        server.log_safely(mlflow.end_run, status=status)
         if (active_sweep := sweep.current()) is not None and run_id is None:
             active_sweep.child_statuses.append(status)
-        if summary := _failures.summary():
+        if summary := server.failure_summary():
             print(summary, file=sys.stderr, flush=True)
 
 

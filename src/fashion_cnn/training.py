@@ -20,8 +20,8 @@ import mlflow
 import numpy as np
 import tensorflow as tf
 
-from fashion_cnn import checkpoint, cross_entropy, distribute, recipe, runtime, tracking
-from fashion_cnn.config import ProjectConfig, TrainConfig
+from fashion_cnn import checkpoint, cross_entropy, distribute, progress, recipe, runtime, server
+from fashion_cnn.config import ProjectConfig
 from fashion_cnn.data import Split
 from fashion_cnn.errors import FashionCnnError
 from fashion_cnn.model import build_model, count_parameters, describe
@@ -29,26 +29,6 @@ from fashion_cnn.model import build_model, count_parameters, describe
 
 class TrainingDiverged(FashionCnnError):
     """The loss became NaN or infinite."""
-
-
-def make_optimizer(
-    train_config: TrainConfig, peak_rate: float, steps_per_epoch: int = 1
-) -> keras.optimizers.Optimizer:
-    """The optimizer named in params, with its learning rate or a schedule peaking at `peak_rate`
-    (and momentum for sgd)."""
-    rate = recipe.learning_rate(train_config, steps_per_epoch, peak_rate)
-    # Decoupled weight decay (AdamW-style in Keras 3); None is the optimizers' own default.
-    weight_decay = train_config.weight_decay or None
-    if train_config.optimizer == "sgd":
-        return keras.optimizers.SGD(
-            learning_rate=rate, momentum=train_config.momentum, weight_decay=weight_decay
-        )
-    optimizers = {
-        "nadam": keras.optimizers.Nadam,
-        "adam": keras.optimizers.Adam,
-        "rmsprop": keras.optimizers.RMSprop,
-    }
-    return optimizers[train_config.optimizer](learning_rate=rate, weight_decay=weight_decay)
 
 
 class EpochReport(keras.callbacks.Callback):
@@ -67,7 +47,7 @@ class EpochReport(keras.callbacks.Callback):
         self.effective = runtime.read_back(self.model)
         print(f"running on {self.effective.describe()}", flush=True)
         if self.log_to_mlflow:
-            tracking.log_safely(mlflow.log_params, self.effective.as_params())
+            server.log_safely(mlflow.log_params, self.effective.as_params())
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.started = time.perf_counter()
@@ -95,7 +75,7 @@ class EpochReport(keras.callbacks.Callback):
         self.rows.append(row)
         if self.log_to_mlflow:
             epoch_metrics = {key: value for key, value in row.items() if key != "epoch"}
-            tracking.log_safely(mlflow.log_metrics, epoch_metrics, step=epoch + 1)
+            server.log_safely(mlflow.log_metrics, epoch_metrics, step=epoch + 1)
         # Printed last, so a Ctrl-C prompted by this line does not cut the MLflow write short (an
         # interrupted SQLite write can leave the store locked) and, with train.checkpoint, lands
         # while the epoch's checkpoint is being saved, which holds it back until the save is done.
@@ -105,6 +85,31 @@ class EpochReport(keras.callbacks.Callback):
             f"{row['val_accuracy']:.4f} ({row['epoch_seconds']:.1f} s)",
             flush=True,
         )
+
+
+class ProgressReport(keras.callbacks.Callback):
+    """Signs of life within an epoch: a live bar in a terminal, else a plain line at most every 30 s
+    with the step, images/s and the time left in the epoch and the run (fashion_cnn.progress)."""
+
+    def __init__(self, total_epochs: int, steps_per_epoch: int, batch_size: int) -> None:
+        super().__init__()
+        self.total_epochs, self.steps_per_epoch, self.batch_size = total_epochs, steps_per_epoch, batch_size
+        self.epoch = 0
+        self.progress: progress.Progress | None = None
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch
+        label = f"epoch {epoch + 1}/{self.total_epochs}"
+        self.progress = progress.Progress(label, self.steps_per_epoch, "step", "images", self.batch_size)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        step = batch + 1
+        # Later epochs take as long as this one is taking.
+        later_epochs = self.total_epochs - self.epoch - 1
+        run_left = self.progress.seconds_left(step) + later_epochs * self.progress.seconds_for(
+            step, self.steps_per_epoch
+        )
+        self.progress.update(step, f"run ETA {progress.duration(run_left)}")
 
 
 def fit(
@@ -132,13 +137,13 @@ def fit(
         model = build_model(config.model)
         model.compile(
             loss=recipe.loss(config.train),
-            optimizer=make_optimizer(config.train, settings.learning_rate, steps_per_epoch),
+            optimizer=recipe.optimizer(config.train, settings.learning_rate, steps_per_epoch),
             metrics=["accuracy", cross_entropy.metric()],
             jit_compile=settings.jit_compile,
             steps_per_execution=config.train.steps_per_execution,
         )
     report = EpochReport(config.train.epochs, log_to_mlflow=chief)
-    callbacks = [report]
+    callbacks = [ProgressReport(config.train.epochs, steps_per_epoch, batch_size), report]
     first_epoch = 0
     if config.train.checkpoint and checkpoint_dir is not None:
         run_fingerprint = checkpoint.fingerprint(
@@ -193,7 +198,9 @@ def log_model(model: keras.Model, example_images: np.ndarray) -> None:
     # and TensorFlow: about 25 s per run on 2 cores).
     requirements = [f"mlflow=={mlflow.__version__}", f"keras=={keras.__version__}"]
     requirements += [f"numpy=={np.__version__}", f"tensorflow=={tf.__version__}"]
-    with _model_folder_created_first():
+    # MLflow checks the input example with a predict call of its own, which draws a Keras progress
+    # bar: keep that out of the stage's output.
+    with _model_folder_created_first(), contextlib.redirect_stdout(io.StringIO()):
         mlflow.keras.log_model(
             model, name="model", signature=signature, input_example=example, pip_requirements=requirements
         )
@@ -207,11 +214,11 @@ def log_run_setup(
     Device, precision and XLA are logged by EpochReport once fit has started, as read back from
     the model: what ran, not what was asked.
     """
-    tracking.log_safely(
+    server.log_safely(
         mlflow.set_tags,
         {"tensorflow": tf.__version__, "keras": keras.__version__, "model.name": config.model.name},
     )
-    tracking.log_safely(
+    server.log_safely(
         mlflow.log_params,
         {
             "model.summary": describe(config.model),
@@ -224,7 +231,7 @@ def log_run_setup(
             "runtime.inter_op_threads": settings.inter_op_threads,
         },
     )
-    tracking.log_safely(
+    server.log_safely(
         mlflow.log_input,
         mlflow.data.from_numpy(train_split.images, targets=train_split.labels, name="fashion-mnist-train"),
         context="training",

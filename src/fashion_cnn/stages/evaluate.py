@@ -10,7 +10,7 @@ import json
 import mlflow
 import numpy as np
 
-from fashion_cnn import CLASS_NAMES, evaluation, paths, plotting, tracking, trained_model
+from fashion_cnn import CLASS_NAMES, evaluation, paths, plotting, server, trained_model
 from fashion_cnn.atomic import write_json_atomic, write_text_atomic
 from fashion_cnn.cli import stage_main
 from fashion_cnn.config import ProjectConfig
@@ -51,7 +51,7 @@ def evaluate(project: paths.ProjectPaths) -> dict:
     figure = plotting.plot_confusion_matrix(test["confusion"], CLASS_NAMES)
     plotting.save_figure(figure, project.figures_dir / "confusion_matrix.png")
 
-    tracking.log_safely(
+    server.log_safely(
         mlflow.log_metrics,
         {
             "test_loss": test["loss"],
@@ -63,12 +63,12 @@ def evaluate(project: paths.ProjectPaths) -> dict:
             },
         },
     )
-    tracking.log_safely(
+    server.log_safely(
         mlflow.log_input,
         mlflow.data.from_numpy(test_split.images, targets=test_split.labels, name="fashion-mnist-test"),
         context="testing",
     )
-    tracking.log_safely(
+    server.log_safely(
         mlflow.set_tags, {f"evaluate.{name}_sha256": record["sha256"] for name, record in inputs.items()}
     )
     for path in (
@@ -77,7 +77,7 @@ def evaluate(project: paths.ProjectPaths) -> dict:
         project.figures_dir / "confusion_matrix.png",
         project.metrics_file,
     ):
-        tracking.log_safely(mlflow.log_artifact, str(path), artifact_path="evaluate")
+        server.log_safely(mlflow.log_artifact, str(path), artifact_path="evaluate")
     return report
 
 

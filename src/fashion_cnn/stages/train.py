@@ -24,6 +24,7 @@ from fashion_cnn import (
     paths,
     recipe,
     runtime,
+    server,
     tracking,
     trained_model,
     training,
@@ -98,16 +99,16 @@ def save_and_log(
     write_text_atomic(project.model_dir / "summary.txt", summary)
     history.write_history(project.history_file, rows)
     write_json_atomic(project.train_metrics_file, metrics)
-    tracking.log_safely(
+    server.log_safely(
         mlflow.log_metrics,
         {"train_seconds": metrics["train_seconds"], "seconds_per_epoch": metrics["seconds_per_epoch"]},
     )
-    tracking.log_safely(mlflow.log_text, summary, "model_summary.txt")
-    tracking.log_safely(mlflow.log_artifact, str(project.model_dir / "config.yaml"))
-    tracking.log_safely(mlflow.log_artifact, str(project.history_file))
+    server.log_safely(mlflow.log_text, summary, "model_summary.txt")
+    server.log_safely(mlflow.log_artifact, str(project.model_dir / "config.yaml"))
+    server.log_safely(mlflow.log_artifact, str(project.history_file))
     # A distributed model's predict would wait for the other workers: log a plain copy of it instead.
     loggable = model if strategy is None else trained_model.load_model(project.model_file)
-    tracking.log_safely(training.log_model, loggable, example_images)
+    server.log_safely(training.log_model, loggable, example_images)
     # Only now, with every output written, is the checkpoint no longer needed to resume.
     checkpoint.discard(project.train_checkpoint_dir)
 

@@ -1,1 +1,9 @@
 """The user-facing tools, run as `python -m fashion_cnn.tools.<tool>`: predict, serve, compare, etc."""
+
+import sys
+
+from fashion_cnn import quiet
+
+# Run as a program: keep TensorFlow's chatter out of the output (see fashion_cnn.quiet).
+if sys.argv[:1] == ["-m"]:
+    quiet.install()

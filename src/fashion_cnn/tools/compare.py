@@ -7,11 +7,12 @@ write to ($MLFLOW_TRACKING_URI, else mlflow.db in the repository root).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import yaml
 
-from fashion_cnn import paths, tracking
+from fashion_cnn import paths, server, tracking
 from fashion_cnn.cli import run_cli
 from fashion_cnn.config import validate
 from fashion_cnn.errors import FashionCnnError
@@ -45,7 +46,17 @@ def latest_runs_table(experiment_name: str, last: int) -> str:
         if column in runs:
             table[title] = runs[column].round(4)
     table.columns = [column.removeprefix("params.").removeprefix("tags.mlflow.") for column in table.columns]
-    return table.to_string(index=False, na_rep="-")
+    experiment_ids = sorted(set(runs["experiment_id"]))
+    url = tracking.compare_url(ui_base_url(), experiment_ids, list(runs["run_id"]))
+    return table.to_string(index=False, na_rep="-") + f"\n\nside by side in the MLflow UI (make ui): {url}"
+
+
+def ui_base_url() -> str:
+    """Where the UI of these runs is: the tracking server, or `make ui` on $MLFLOW_PORT (default 5000)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if server.is_remote(uri):
+        return uri
+    return f"http://127.0.0.1:{os.environ.get('MLFLOW_PORT') or 5000}"
 
 
 def main(argv: list[str] | None = None) -> int:

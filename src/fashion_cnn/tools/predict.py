@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +17,6 @@ from fashion_cnn.data import STATS_FILE, load_standardization
 from fashion_cnn.errors import DataError, FashionCnnError
 from fashion_cnn.idx import IMAGE_SIDE
 
-# TensorFlow's CUDA probe writes these lines before TF_CPP_MIN_LOG_LEVEL applies (tensorflow#100442).
-CUDA_NOISE = ("cudart_stub.cc", "failed call to cuInit", "absl::InitializeLog()")
 # A border brighter than mid-grey means a light background; Fashion-MNIST has light garments on black.
 LIGHT_BACKGROUND_THRESHOLD = 127.5
 # After the background is mapped to 0, pixels above this (of 255) count as garment when trimming.
@@ -121,25 +116,6 @@ def predict(model: Any, batch: np.ndarray, top_k: int = 3) -> list[list[dict[str
     ]
 
 
-@contextlib.contextmanager
-def _without_cuda_noise() -> Iterator[None]:
-    """Drop the CUDA-probe lines TensorFlow writes to stderr on GPU-less machines; keep all others."""
-    sys.stderr.flush()
-    saved_stderr = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        # The lines come from C++ straight to file descriptor 2, so capture at that level.
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved_stderr, 2)
-            os.close(saved_stderr)
-            captured.seek(0)
-            lines = captured.read().decode("utf-8", errors="replace").splitlines(keepends=True)
-            sys.stderr.write("".join(line for line in lines if not any(text in line for text in CUDA_NOISE)))
-
-
 def classify_files(
     image_paths: Sequence[Path], model_path: Path, prepared_dir: Path, top_k: int = 3
 ) -> list[dict[str, Any]]:
@@ -160,8 +136,7 @@ def classify_files(
             results.append({"file": str(path), "error": str(error)})
     if images:
         batch = preprocess(list(images.values()), mean, std)
-        with _without_cuda_noise():
-            predictions = predict(trained_model.load_model(model_path), batch, top_k)
+        predictions = predict(trained_model.load_model(model_path), batch, top_k)
         for position, top in zip(images, predictions, strict=True):
             results[position]["predictions"] = top
     return results

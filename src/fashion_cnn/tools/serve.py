@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from fashion_cnn import paths, tracking
+from fashion_cnn import paths, quiet, server
 from fashion_cnn.errors import DataError, FashionCnnError
 
 PORT_ENV_VAR = "SERVE_PORT"
@@ -30,8 +30,8 @@ def serve_command(project: paths.ProjectPaths, host: str, port: int) -> tuple[li
         raise DataError(f"{project.run_info_file}: missing (train a model with `make repro` first)") from None
     except (ValueError, KeyError, TypeError) as error:
         raise DataError(f"{project.run_info_file}: not a run record ({error})") from None
-    if tracking.is_remote(uri):
-        tracking.check_server(uri)
+    if server.is_remote(uri):
+        server.check_server(uri)
     command = [
         sys.executable, "-m", "mlflow", "models", "serve",
         "--model-uri", f"runs:/{run_id}/model",
@@ -64,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"serving {command[command.index('--model-uri') + 1]} on http://127.0.0.1:{arguments.port}/invocations"
     )
     sys.stdout.flush()
+    # The model server writes its own log: give it the terminal, not this process's stderr filter.
+    quiet.uninstall()
     os.execve(command[0], command, environment)
     return 0  # Not reached: execve replaces the process.
 
