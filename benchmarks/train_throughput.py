@@ -18,13 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import default_report_path, machine, pipeline_timing, table
+from benchmarks import default_report_path, pipeline_timing, table
 from benchmarks.workers import SEED_BATCH_SIZE, compose_config, run_worker
-from fashion_cnn import data, fetch, paths
+from fashion_cnn import data, fetch, machine, paths
 from fashion_cnn.atomic import write_json_atomic
 from fashion_cnn.cli import run_cli
+from fashion_cnn.costs import layer_costs
 from fashion_cnn.errors import FashionCnnError
-from fashion_cnn.model import count_parameters
+from fashion_cnn.model import ModelConfig, count_parameters
 from fashion_cnn.stages import prepare
 
 
@@ -162,6 +163,28 @@ def summarize(runs: list[dict], variants: list[Variant], compute: dict[str, Any]
     return summary
 
 
+def compute(model_config: ModelConfig, machine: dict[str, Any]) -> dict[str, Any]:
+    """FLOPs per training image from the layer list, and the CPU's FP32 peak to hold GFLOP/s against."""
+    multiply_adds = sum(cost.multiply_adds for cost in layer_costs(model_config))
+    flags = machine["flags"]
+    # FP32 FLOP per cycle and core: 2 FMA units x 16 (AVX-512) or 8 (AVX2) lanes x 2, else SSE's 4 lanes x 2.
+    per_cycle = 64 if flags["avx512f"] else 32 if flags["avx2"] and flags["fma"] else 8
+    cores, gigahertz = (
+        min(machine["usable_cpus"], machine["physical_cores"]),
+        (machine["cpu_mhz"] or 0) / 1000,
+    )
+    return {
+        # Training = 3 x forward: the backward pass holds two products the size of the forward one (weight
+        # and input gradients). Pooling, activations, loss and optimizer are element-wise: far below 1 %.
+        "training_gflop_per_image": 6 * multiply_adds / 1e9,
+        "derivation": f"{multiply_adds:,} multiply-adds per image in the conv and dense layers x 2 FLOP = "
+        "forward; training = 3 x forward (weight and input gradients)",
+        "peak_gflops": cores * per_cycle * gigahertz,
+        "assumption": f"{cores} cores x {per_cycle} FP32 FLOP/cycle x {gigahertz:.3f} GHz ('cpu MHz' in "
+        "/proc/cpuinfo; a boost clock above it would raise the peak and lower the shares)",
+    }
+
+
 def run_benchmark(options: argparse.Namespace, output: Path | None = None) -> dict[str, Any]:
     """Measure everything `options` asks for; return the report, written to `output` as it grows."""
     started = time.perf_counter()
@@ -189,7 +212,7 @@ def run_benchmark(options: argparse.Namespace, output: Path | None = None) -> di
             # Anything else running (a load near the core count) slows every variant: check this first.
             "load_average_at_start": os.getloadavg(),
         },
-        "compute": machine.compute(project_config.model, hardware),
+        "compute": compute(project_config.model, hardware),
         "not_applicable": not_applicable,
         "runs": [],
     }

@@ -7,13 +7,12 @@ import csv
 import hashlib
 import io
 import os
-import platform
 from pathlib import Path
 
 import keras
 from sklearn import metrics as sklearn_metrics
 
-from fashion_cnn import CLASS_NAMES, cross_entropy, paths
+from fashion_cnn import CLASS_NAMES, cross_entropy, machine, paths
 from fashion_cnn.data import Split
 
 PREDICT_BATCH = 1000
@@ -56,18 +55,13 @@ def to_csv(rows: list[dict]) -> str:
 
 
 def hardware() -> str:
-    """A short description of the machine, for the reported numbers."""
+    """A short description of the machine, for the reported numbers: its CPU, cores and the GPUs
+    TensorFlow sees (those are the ones it ran on)."""
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
     device = f"{len(gpus)} GPU" if gpus else "no GPU"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {device}"
+    return f"{machine.cpu_model()}, {os.cpu_count()} cores, {device}"
 
 
 def sha256(path: Path) -> str:

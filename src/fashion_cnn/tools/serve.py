@@ -8,13 +8,12 @@ POST standardized images, shape (count, 28, 28, 1), as {"inputs": [...]} to /inv
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
 
-from fashion_cnn import paths, quiet, server
-from fashion_cnn.errors import DataError, FashionCnnError
+from fashion_cnn import paths, quiet, server, trained_model
+from fashion_cnn.errors import FashionCnnError
 
 PORT_ENV_VAR = "SERVE_PORT"
 # 5000 is `make ui`'s default port.
@@ -23,13 +22,8 @@ DEFAULT_PORT = 5001
 
 def serve_command(project: paths.ProjectPaths, host: str, port: int) -> tuple[list[str], dict[str, str]]:
     """The `mlflow models serve` command for the recorded run's model, and its environment."""
-    try:
-        run_info = json.loads(project.run_info_file.read_text())
-        run_id, uri = run_info["run_id"], run_info["tracking_uri"]
-    except FileNotFoundError:
-        raise DataError(f"{project.run_info_file}: missing (train a model with `make repro` first)") from None
-    except (ValueError, KeyError, TypeError) as error:
-        raise DataError(f"{project.run_info_file}: not a run record ({error})") from None
+    recorded = trained_model.read_training_run(project)
+    run_id, uri = recorded.run_id, recorded.tracking_uri
     if server.is_remote(uri):
         server.check_server(uri)
     command = [

@@ -1,4 +1,5 @@
-"""What the numbers were measured on (CPU, flags, GPUs, versions), and the model's FLOPs vs the CPU's peak."""
+"""What a number was measured on: CPU model, cores, the ISA flags that decide speed settings, memory,
+GPUs and package versions (for reports/metrics.json, the benchmarks and the race)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,6 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
-
-from fashion_cnn.costs import layer_costs
-from fashion_cnn.model import ModelConfig
 
 # mixed_bfloat16 only pays off with hardware bfloat16 arithmetic.
 BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -75,23 +73,7 @@ def versions() -> dict[str, str]:
     }
 
 
-def compute(model_config: ModelConfig, machine: dict[str, Any]) -> dict[str, Any]:
-    """FLOPs per training image from the layer list, and the CPU's FP32 peak to hold GFLOP/s against."""
-    multiply_adds = sum(cost.multiply_adds for cost in layer_costs(model_config))
-    flags = machine["flags"]
-    # FP32 FLOP per cycle and core: 2 FMA units x 16 (AVX-512) or 8 (AVX2) lanes x 2, else SSE's 4 lanes x 2.
-    per_cycle = 64 if flags["avx512f"] else 32 if flags["avx2"] and flags["fma"] else 8
-    cores, gigahertz = (
-        min(machine["usable_cpus"], machine["physical_cores"]),
-        (machine["cpu_mhz"] or 0) / 1000,
-    )
-    return {
-        # Training = 3 x forward: the backward pass holds two products the size of the forward one (weight
-        # and input gradients). Pooling, activations, loss and optimizer are element-wise: far below 1 %.
-        "training_gflop_per_image": 6 * multiply_adds / 1e9,
-        "derivation": f"{multiply_adds:,} multiply-adds per image in the conv and dense layers x 2 FLOP = "
-        "forward; training = 3 x forward (weight and input gradients)",
-        "peak_gflops": cores * per_cycle * gigahertz,
-        "assumption": f"{cores} cores x {per_cycle} FP32 FLOP/cycle x {gigahertz:.3f} GHz ('cpu MHz' in "
-        "/proc/cpuinfo; a boost clock above it would raise the peak and lower the shares)",
-    }
+def cpu_model() -> str:
+    """The CPU's model name, e.g. 'AMD EPYC' (the platform's processor where /proc/cpuinfo is missing)."""
+    processors = read_cpuinfo() or [{}]
+    return processors[0].get("model name") or platform.processor() or platform.machine()
