@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
+import mlflow
 import numpy as np
 import pytest
 from hydra import compose, initialize
@@ -128,6 +129,10 @@ def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.delenv("FASHION_CNN_ROOT", raising=False)
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     monkeypatch.setenv("PATH", f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    # An in-process test's mlflow.set_experiment() is global (module state and $MLFLOW_EXPERIMENT_ID):
+    # the next test's fresh store has no such experiment. MLflow has no public way to forget it.
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
 
 
 # ---- temp copies of the project ----
