@@ -3,7 +3,9 @@
 
 SHELL := /bin/bash
 VENV ?= .venv
-PYTHON_BOOTSTRAP ?= python3.11
+# The Python that creates .venv: the first of python3.11, python3.12 and python3.13 on PATH
+# (`make test PYTHON_BOOTSTRAP=python3.12` picks one).
+PYTHON_BOOTSTRAP ?= $(firstword $(foreach version,3.11 3.12 3.13,$(shell command -v python$(version) 2>/dev/null)))
 STAMP := $(VENV)/.installed-stamp
 DATASET_DIR := /usr/share/datasets/fashion-mnist
 # Largest allowed difference between reproduced and reported test accuracy (0.005 = 0.5 points).
@@ -31,7 +33,11 @@ help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml requirements.lock
-	test -x $(VENV)/bin/python || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
+	@test -x $(VENV)/bin/python || test -n "$(PYTHON_BOOTSTRAP)" || \
+		{ echo "error: no python3.11, python3.12 or python3.13 on PATH (set PYTHON_BOOTSTRAP)"; exit 1; }
+	@test -x $(VENV)/bin/python || { echo "creating $(VENV) with $$($(PYTHON_BOOTSTRAP) --version) ($(PYTHON_BOOTSTRAP))"; \
+		$(PYTHON_BOOTSTRAP) -m venv $(VENV); }
+	@echo "$(VENV): $$($(VENV)/bin/python --version)"
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
