@@ -21,33 +21,47 @@ from fashion_cnn.model import LAYER_CLASSES, LAYER_TYPES, ModelConfig, infer_sha
 
 
 class DataConfig(Strict):
+    """Where the four Fashion-MNIST files come from and how they are split."""
+
     sources: list[str] = Field(min_length=1)
+    """Local folders or HTTP(S) mirrors tried in order until one gives all four files with the right
+    checksums (Debian's dataset-fashion-mnist installs the first); FASHION_CNN_MIRROR prepends one."""
     timeout_seconds: Annotated[float, Field(gt=0, le=120)]
+    """Seconds an HTTP request may wait to connect and for each read."""
     validation_size: PositiveInt
+    """The last N of the 60,000 training images become the validation split (the seed: 5,000)."""
     max_train_images: PositiveInt | None = None
+    """Use only the first N training images (null: all); for quick profiles and tests."""
     max_test_images: PositiveInt | None = None
+    """Use only the first N test images (null: all)."""
 
 
 class ScheduleConfig(Strict):
     """How the learning rate moves over training; train.learning_rate is its peak."""
 
     name: Literal["constant", "cosine", "one_cycle", "step"]
-    # one_cycle: share of all steps spent warming up linearly to the peak.
+    """constant (the seed's), cosine (decay over all steps), one_cycle (linear warm-up from
+    learning_rate / 25, then cosine decay) or step (times step_factor every step_epochs)."""
     warmup_fraction: Annotated[float, Field(ge=0, lt=1)]
-    # cosine and one_cycle: the last learning rate, as a fraction of the peak.
+    """one_cycle: the share of all training steps spent warming up to the peak."""
     final_fraction: Annotated[float, Field(ge=0, le=1)]
-    # step: multiply the learning rate by step_factor every step_epochs epochs.
+    """cosine and one_cycle: the last learning rate, as a fraction of the peak."""
     step_epochs: PositiveInt
+    """step: epochs between two drops of the learning rate."""
     step_factor: Annotated[float, Field(gt=0, le=1)]
+    """step: the factor applied at each drop."""
 
 
 class AugmentationConfig(Strict):
     """Random changes to training batches only; validation and test images are never augmented."""
 
     shift_pixels: Annotated[int, Field(ge=0, le=14)]
+    """Move each image by up to N pixels along each axis, padding with the mean image; 0: off."""
     horizontal_flip: bool
-    # Probability that an image gets one random rectangle erased.
+    """Mirror half of the images left-right."""
     random_erasing: Annotated[float, Field(ge=0, le=1)]
+    """Probability that an image gets one random rectangle (2-40% of its area) set to the mean image
+    (random erasing, Zhong et al. 2017); 0: off."""
 
     @property
     def enabled(self) -> bool:
@@ -55,39 +69,75 @@ class AugmentationConfig(Strict):
 
 
 class TrainConfig(Strict):
+    """How the model is trained: optimizer, batches, devices, speed settings and the recipe."""
+
     optimizer: Literal["nadam", "adam", "sgd", "rmsprop"]
+    """nadam (the seed's), adam, sgd (with momentum) or rmsprop."""
     learning_rate: Annotated[float, Field(gt=0)]
+    """Step size of the optimizer per gradient step of the global batch; a schedule's peak."""
     learning_rate_scaling: Literal["none", "linear"]
+    """none: learning_rate as given; linear: learning_rate x replicas, for a global batch that grows
+    with the replicas."""
     momentum: Annotated[float, Field(ge=0, lt=1)]
+    """Momentum, used by sgd only."""
     batch_size: PositiveInt
+    """Images per gradient step on each replica; the global batch is batch_size x replicas."""
     epochs: PositiveInt
+    """Passes over the training split."""
     device: Literal["auto", "cpu", "gpu"]
+    """auto: a GPU when TensorFlow sees one, else the CPU; cpu or gpu force one (gpu fails without one)."""
     strategy: Literal["auto", "one_device", "mirrored", "multi_worker"]
+    """How training spreads over devices: auto (one device, or mirrored over several GPUs), one_device,
+    mirrored (every local GPU, else every logical CPU) or multi_worker (the machines in TF_CONFIG)."""
     mixed_precision: Literal["none", "auto", "mixed_float16", "mixed_bfloat16"]
+    """none, auto (mixed_float16 on a GPU, none on a CPU), mixed_float16 or mixed_bfloat16."""
     jit_compile: Literal["off", "on", "auto"]
+    """XLA compilation of the train step: off, on (needs deterministic: false), or auto (on for a GPU
+    when deterministic is false)."""
     steps_per_execution: PositiveInt
-    # TensorFlow's inter-op thread pool: 0 is TensorFlow's own choice (one thread per core).
+    """Train steps per call into TensorFlow (higher cuts Python overhead); must divide the steps of an
+    epoch."""
     inter_op_threads: Annotated[int, Field(ge=0)]
+    """Threads running independent TensorFlow ops side by side: 0 is TensorFlow's choice (one per
+    core); 1 runs one op at a time. It never changes the numbers."""
     deterministic: bool
-    # The recipe beyond the seed's (all off by default): see fashion_cnn.recipe and .augmentation.
+    """Deterministic TensorFlow ops: identical metrics on rerun on the same machine; slightly slower,
+    and no XLA."""
     schedule: ScheduleConfig
+    """The learning-rate schedule (fashion_cnn.recipe)."""
     label_smoothing: Annotated[float, Field(ge=0, lt=1)]
+    """Label smoothing of the training objective's cross-entropy (0: off, the seed's; 0.1 is common)."""
     weight_decay: Annotated[float, Field(ge=0)]
+    """Decoupled weight decay per step, times the learning rate (AdamW-style); 0: off, the seed's."""
     augmentation: AugmentationConfig
+    """Random changes to training batches (fashion_cnn.augmentation); all off by default."""
     checkpoint: bool
+    """Save the training state after every epoch in checkpoints/, so an interrupted run resumes after
+    its last completed epoch; removed when training completes."""
 
 
 class TrackingConfig(Strict):
+    """The MLflow experiments the stages log to."""
+
     experiment_name: str = Field(min_length=1)
+    """The experiment holding one run per trained model (train, evaluate and figures log into it)."""
     pipeline_experiment_name: str = Field(min_length=1)
+    """The experiment for the stages that train no model (download, prepare, memory, seed figures)."""
 
 
 class ProjectConfig(Strict):
+    """params.yaml: every value a stage runs with."""
+
     seed: Annotated[int, Field(ge=0)]
+    """Seeds Python, NumPy and TensorFlow (weight initialization, shuffling, dropout, augmentation)."""
     data: DataConfig
+    """The data and its splits."""
     model: ModelConfig
+    """The architecture, as data (presets: conf/model/)."""
     train: TrainConfig
+    """The training recipe and how it runs."""
     tracking: TrackingConfig
+    """Where MLflow records the runs."""
 
     @model_validator(mode="after")
     def _xla_only_without_determinism(self) -> ProjectConfig:

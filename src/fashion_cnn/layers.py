@@ -27,7 +27,8 @@ Shape = tuple[int, ...]  # one image's shape, without the batch axis
 class Strict(BaseModel):
     """Base for every config section: unknown keys are errors, types are not coerced silently."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # Each field's docstring is its description: docs/params.md is generated from them.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
 
 
 def keras_layers() -> Any:
@@ -48,6 +49,7 @@ class LayerEntry(Strict):
     """What every layer type provides; subclasses narrow `type` and add their keys."""
 
     type: str
+    """The layer type."""
     # Whether the layer slides over an image and needs (height, width, channels) input.
     needs_image: ClassVar[bool] = False
 
@@ -87,15 +89,21 @@ class ConvFields(LayerEntry):
     """What every convolution entry has (not a layer type itself: subclasses narrow `type`)."""
 
     filters: PositiveInt
+    """Output channels (feature maps)."""
     kernel_size: PositiveInt
+    """Height and width of each kernel, in pixels."""
     strides: PositiveInt = 1
+    """Step of the kernel across the image, in pixels."""
     padding: Literal["same", "valid"] = "same"
+    """same: zero-padding keeps the size (at stride 1); valid: no padding, the image shrinks."""
     activation: Literal[ACTIVATIONS] = "relu"
+    """The activation after the convolution (linear: none)."""
     needs_image: ClassVar[bool] = True
 
 
 class ConvLayer(ConvFields):
     type: Literal["conv"]
+    """conv: a 2-D convolution."""
 
     def output(self, shape: Shape) -> tuple[Shape, int, int]:
         height, width = window_output(shape, self.kernel_size, self.strides, self.padding, "kernel_size")
@@ -126,10 +134,13 @@ class ConvLayer(ConvFields):
 
 class PoolLayer(LayerEntry):
     type: Literal["max_pool", "avg_pool"]
+    """max_pool or avg_pool: the maximum or the mean of each window."""
     pool_size: PositiveInt = 2
-    # Keras default: strides equal to pool_size.
+    """Height and width of the pooling window, in pixels."""
     strides: PositiveInt | None = None
+    """Step of the window; null: the pool size (Keras's default)."""
     padding: Literal["same", "valid"] = "valid"
+    """valid: windows that fit only; same: pad so that every pixel is covered."""
     needs_image: ClassVar[bool] = True
 
     def output(self, shape: Shape) -> tuple[Shape, int, int]:
@@ -153,6 +164,7 @@ class PoolLayer(LayerEntry):
 
 class FlattenLayer(LayerEntry):
     type: Literal["flatten"]
+    """flatten: (height, width, channels) to one vector."""
 
     def output(self, shape: Shape) -> tuple[Shape, int, int]:
         return (math.prod(shape),), 0, 0
@@ -164,8 +176,11 @@ class FlattenLayer(LayerEntry):
 
 class DenseLayer(LayerEntry):
     type: Literal["dense"]
+    """dense: a fully connected layer."""
     units: PositiveInt
+    """Output values (neurons); the last layer needs 10, one per class."""
     activation: Literal[ACTIVATIONS] = "relu"
+    """The activation (softmax for the last layer)."""
 
     def output(self, shape: Shape) -> tuple[Shape, int, int]:
         if len(shape) != 1:
@@ -191,7 +206,9 @@ class DenseLayer(LayerEntry):
 
 class DropoutLayer(LayerEntry):
     type: Literal["dropout"]
+    """dropout: zero a random share of the values while training."""
     rate: Annotated[float, Field(ge=0.0, lt=1.0)]
+    """The share of values zeroed at each training step."""
 
     @property
     def summary(self) -> str:

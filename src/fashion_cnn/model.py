@@ -55,10 +55,14 @@ LAYER_TYPES = tuple(LAYER_CLASSES)
 
 
 class ModelConfig(Strict):
+    """The architecture: a name and an ordered list of layers."""
+
     name: str
-    # Height, width, channels.
+    """The preset's name (conf/model/<name>.yaml), shown in run names and reports."""
     input_shape: Annotated[list[PositiveInt], Field(min_length=3, max_length=3)]
+    """Height, width and channels of one image."""
     layers: list[Layer] = Field(min_length=1)
+    """The layers, input to output; each entry's keys are listed below by type."""
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,9 @@ class SeparableConvLayer(ConvFields):
     """Depthwise-separable convolution: one kernel per input channel, then a 1x1 conv mixing channels."""
 
     type: Literal["separable_conv"]
-    # Depthwise outputs per input channel.
+    """separable_conv: a depthwise-separable convolution."""
     depth_multiplier: PositiveInt = 1
+    """Depthwise outputs per input channel."""
 
     def output(self, shape: Shape) -> tuple[Shape, int, int]:
         height, width = window_output(shape, self.kernel_size, self.strides, self.padding, "kernel_size")
@@ -52,9 +53,10 @@ class SeparableConvLayer(ConvFields):
 
 class BatchNormLayer(LayerEntry):
     type: Literal["batch_norm"]
-    # Weight of the old value in the moving mean and variance used at inference (Keras default 0.99;
-    # 0.9, PyTorch's default, suits runs of a few thousand steps).
+    """batch_norm: batch normalization."""
     momentum: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
+    """Weight of the old value in the moving mean and variance used at inference (Keras's default
+    0.99; 0.9, PyTorch's default, suits runs of a few thousand steps)."""
 
     def output(self, shape: Shape) -> tuple[Shape, int, int]:
         return shape, BATCH_NORM_WEIGHTS * shape[-1], 0
@@ -72,7 +74,9 @@ class ActivationLayer(LayerEntry):
     """A bare activation, for conv (activation linear) -> batch_norm -> activation orderings."""
 
     type: Literal["activation"]
+    """activation: a bare activation."""
     activation: Literal[ACTIVATIONS]
+    """The activation function."""
 
     @property
     def summary(self) -> str:
@@ -85,6 +89,7 @@ class ActivationLayer(LayerEntry):
 
 class GlobalAvgPoolLayer(LayerEntry):
     type: Literal["global_avg_pool"]
+    """global_avg_pool: the mean of each feature map, (height, width, channels) to (channels)."""
     needs_image: ClassVar[bool] = True
 
     def output(self, shape: Shape) -> tuple[Shape, int, int]:
@@ -107,12 +112,17 @@ class ResidualLayer(LayerEntry):
     """
 
     type: Literal["residual"]
+    """residual: a ResNet basic block."""
     filters: PositiveInt
+    """Output channels of the block's convolutions."""
     kernel_size: PositiveInt = 3
+    """Height and width of the block's kernels, in pixels."""
     strides: PositiveInt = 1
+    """Step of the first convolution (2 halves the resolution)."""
     activation: Literal[ACTIVATIONS] = "relu"
-    # Momentum of the block's batch norms (see BatchNormLayer).
+    """The activation inside and after the block."""
     batch_norm_momentum: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
+    """Momentum of the block's batch norms (see batch_norm)."""
     needs_image: ClassVar[bool] = True
 
     def needs_projection(self, channels: int) -> bool:
