@@ -165,3 +165,15 @@ def test_interrupted_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path)
         raise KeyboardInterrupt
     assert target.read_bytes() == b"complete"
     assert files_in(tmp_path) == [target.name]
+
+
+def test_a_mirror_that_does_not_exist_is_named_in_a_warning_not_skipped_silently(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no-such-mirror"
+    monkeypatch.setenv(fetch.MIRROR_ENV_VAR, f"{missing},http://127.0.0.1:1/mirror")
+    assert fetch.source_list(["/configured"]) == [str(missing), "http://127.0.0.1:1/mirror", "/configured"]
+    warnings = capsys.readouterr().err.splitlines()
+    assert warnings == [
+        f"warning: {fetch.MIRROR_ENV_VAR} names {missing}, which is not a folder; trying the other sources"
+    ]

@@ -3,16 +3,19 @@ experiments the UI opens on their runs table."""
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import pytest
 from servers import free_port
 
-from fashion_cnn import paths, server, tracking
+from fashion_cnn import errors, paths, server, tracking
 from fashion_cnn.tools import ui
 
 # ---- logging calls that fail ----
@@ -126,3 +129,58 @@ def test_the_ui_server_listens_on_loopback_over_the_projects_store(project: Path
     assert command[command.index("--host") + 1] == "127.0.0.1"
     assert command[command.index("--port") + 1] == "5002"
     assert command[command.index("--backend-store-uri") + 1] == f"sqlite:///{project / 'mlflow.db'}"
+
+
+# ---- a tracking server that answers with an error is not healthy ----
+
+
+class StatusHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every request with the server's status (200 with an empty JSON object when OK)."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name.
+        status = self.server.status  # type: ignore[attr-defined]
+        if self.path.startswith("/health") and self.server.without_health:  # type: ignore[attr-defined]
+            status = 404
+        self.send_response(status)
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *arguments: object) -> None:
+        pass
+
+
+@pytest.fixture
+def status_server() -> Iterator[http.server.ThreadingHTTPServer]:
+    """A real HTTP server on 127.0.0.1 whose answer the test sets (server.status, server.without_health)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StatusHandler)
+    server.status, server.without_health = 200, False  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("status", [500, 503, 401, 403])
+def test_a_server_answering_an_error_is_refused_naming_the_uri_and_status(
+    status_server: http.server.ThreadingHTTPServer, status: int
+) -> None:
+    uri = f"http://127.0.0.1:{status_server.server_address[1]}"
+    status_server.status = status  # type: ignore[attr-defined]
+    with pytest.raises(errors.FashionCnnError) as raised:
+        server.check_server(uri)
+    assert uri in str(raised.value) and f"HTTP {status}" in str(raised.value)
+
+
+def test_a_healthy_server_passes_with_or_without_a_health_endpoint(
+    status_server: http.server.ThreadingHTTPServer,
+) -> None:
+    uri = f"http://127.0.0.1:{status_server.server_address[1]}"
+    server.check_server(uri)
+    status_server.without_health = True  # type: ignore[attr-defined]
+    server.check_server(uri)  # its API answers
+    status_server.status = 503  # type: ignore[attr-defined]
+    with pytest.raises(errors.FashionCnnError, match="HTTP 503"):
+        server.check_server(uri)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -107,6 +108,14 @@ def verify(expected: ExpectedFile, gz_bytes: bytes, source: str) -> None:
 def source_list(configured: list[str]) -> list[str]:
     """Configured sources, with $FASHION_CNN_MIRROR (comma-separated) tried first."""
     extra = [item.strip() for item in os.environ.get(MIRROR_ENV_VAR, "").split(",") if item.strip()]
+    for source in extra:
+        if not is_url(source) and not Path(source).is_dir():
+            # Not a silent fall-back to the other sources: the user meant this one.
+            print(
+                f"warning: {MIRROR_ENV_VAR} names {source}, which is not a folder; trying the other sources",
+                file=sys.stderr,
+                flush=True,
+            )
     return extra + [source for source in configured if source not in extra]
 
 

@@ -27,18 +27,27 @@ def is_remote(uri: str) -> bool:
 
 
 def check_server(uri: str, timeout_seconds: float = SERVER_TIMEOUT_SECONDS) -> None:
-    """Fail fast, naming the URI, when a tracking server does not answer (MLflow retries for minutes)."""
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_seconds):
-            return
-    except urllib.error.HTTPError:
-        return  # It answered: a server behind a proxy may not expose /health.
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise FashionCnnError(
-            f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is unreachable ({reason}); start it or "
-            f"unset MLFLOW_TRACKING_URI to use the local mlflow.db"
-        ) from None
+    """Fail fast, naming the URI, when a tracking server does not answer or answers with an error
+    (MLflow would retry for minutes). A server without /health (behind a proxy) is asked its API."""
+    base = uri.rstrip("/")
+    for endpoint in ("/health", "/api/2.0/mlflow/experiments/search?max_results=1"):
+        try:
+            with urllib.request.urlopen(f"{base}{endpoint}", timeout=timeout_seconds):
+                return
+        except urllib.error.HTTPError as error:
+            if error.code == 404 and endpoint == "/health":
+                continue
+            raise FashionCnnError(
+                f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) answered HTTP {error.code} "
+                f"{error.reason} on {endpoint.split('?')[0]}: it is not usable; fix the server (or its "
+                f"credentials) or unset MLFLOW_TRACKING_URI to use the local mlflow.db"
+            ) from None
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise FashionCnnError(
+                f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is unreachable ({reason}); start it "
+                f"or unset MLFLOW_TRACKING_URI to use the local mlflow.db"
+            ) from None
 
 
 # What a logging call raises when the store or server fails: MLflow wraps most HTTP errors in
