@@ -233,3 +233,24 @@ def test_output_is_quiet_shows_progress_and_everything_comes_back_on_request(
     monkeypatch.setenv(quiet.VERBOSE_ENV_VAR, "1")
     verbose = checked(run_stage(tiny_project, "evaluate", *TINY_RUN))
     assert any(quiet.is_noise(line) for line in (verbose.stdout + verbose.stderr).splitlines())
+
+
+def test_a_second_training_run_in_the_same_checkout_stops_with_one_line(tiny_project: Path):
+    first = subprocess.Popen(
+        [sys.executable, "-m", "fashion_cnn.stages.train", *TINY_RUN, "train.epochs=200"],
+        cwd=tiny_project, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        for line in first.stdout:
+            if line.startswith("running on "):
+                break
+        second = run_stage(tiny_project, "train", *TINY_RUN)
+    finally:
+        first.kill()
+        first.communicate(timeout=60)
+    assert second.returncode == 1
+    errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "data/train.lock: another training run in this checkout" in errors[0]
+    assert f"pid {first.pid}" in errors[0]
+    # Once the first is gone, the lock goes with it.
+    checked(run_stage(tiny_project, "train", *TINY_RUN, "train.epochs=1"))

@@ -12,9 +12,12 @@ epoch's order is drawn from (seed, epoch), and `completed_epochs` tells the inpu
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +145,29 @@ def discard(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
     with contextlib.suppress(OSError):
         directory.parent.rmdir()
+
+
+@contextlib.contextmanager
+def training_lock(lock_file: Path) -> Iterator[None]:
+    """Hold this checkout's training lock for one run: a second run started meanwhile (another
+    terminal, a sweep beside `dvc repro`) stops with one line instead of sharing the checkpoint and
+    data/model. The lock is the operating system's (flock): it ends with the process, however it ends."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise FashionCnnError(
+                f"{lock_file}: another training run in this checkout holds it ({holder}); wait for it "
+                f"to finish or stop it, then run again"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

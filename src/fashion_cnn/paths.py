@@ -86,6 +86,12 @@ class ProjectPaths:
         return self.reports_dir / "recipe"
 
     @property
+    def train_lock_file(self) -> Path:
+        """Held by the training run in progress, so that a second one in this checkout stops (in data/,
+        outside every DVC output; checkpoints/ goes away once training completes)."""
+        return self.root / "data" / "train.lock"
+
+    @property
     def train_checkpoint_dir(self) -> Path:
         """Training state saved after each epoch (train.checkpoint); outside every DVC output, so
         `dvc repro` neither deletes it before rerunning train nor caches it (git- and dvc-ignored)."""

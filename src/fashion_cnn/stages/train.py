@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from fashion_cnn import (
+    atomic,
     checkpoint,
     costs,
     distribute,
@@ -92,13 +93,15 @@ def save_and_log(
     strategy: tf.distribute.Strategy | None,
 ) -> None:
     """The chief's outputs: data/model and reports/train, and their copies in the MLflow run."""
-    with atomic_path(project.model_file, suffix=".keras") as temp_model:
-        model.save(temp_model)
-    save_resolved(config, project.model_dir / "config.yaml")
     summary = training.model_summary(model)
-    write_text_atomic(project.model_dir / "summary.txt", summary)
-    history.write_history(project.history_file, rows)
-    write_json_atomic(project.train_metrics_file, metrics)
+    # All of data/model and reports/train or none: an interruption leaves the old set, not a mix.
+    with atomic.together():
+        with atomic_path(project.model_file, suffix=".keras") as temp_model:
+            model.save(temp_model)
+        save_resolved(config, project.model_dir / "config.yaml")
+        write_text_atomic(project.model_dir / "summary.txt", summary)
+        history.write_history(project.history_file, rows)
+        write_json_atomic(project.train_metrics_file, metrics)
     server.log_safely(
         mlflow.log_metrics,
         {"train_seconds": metrics["train_seconds"], "seconds_per_epoch": metrics["seconds_per_epoch"]},
@@ -138,12 +141,13 @@ def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
         train(config, project, task)
         return
     overrides = hydra_overrides()
-    preflight(config, project)
-    with tracking.stage_run(
-        project, config, "train", run_name(config, overrides), config.tracking.experiment_name, overrides
-    ) as run:
-        tracking.write_run_info(project, run)
-        train(config, project, task)
+    with checkpoint.training_lock(project.train_lock_file):
+        preflight(config, project)
+        with tracking.stage_run(
+            project, config, "train", run_name(config, overrides), config.tracking.experiment_name, overrides
+        ) as run:
+            tracking.write_run_info(project, run)
+            train(config, project, task)
 
 
 if __name__ == "__main__":
