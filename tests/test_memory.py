@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fashion_cnn import costs, layers, model
+from fashion_cnn import costs, errors, layers, model
 
 # Multiply-adds per image of the seed CNN, layer by layer:
 # conv 64 7x7 on 28x28x1, conv 128 3x3 on 14x14x64, conv 128 3x3 on 14x14x128, conv 256 3x3 on 7x7x128,
@@ -117,6 +117,17 @@ def test_memory_warning(make_config) -> None:
     assert message is not None and "train.batch_size = 32" in message and "\n" not in message
     assert costs.memory_warning(project_config, available_bytes=10**12) is None
     assert costs.available_memory_bytes() is None or costs.available_memory_bytes() > 0
+
+
+def test_training_that_would_not_fit_stops_unless_the_user_says_go_on(make_config, monkeypatch) -> None:
+    project_config = make_config()
+    with pytest.raises(errors.ConfigError) as raised:
+        costs.check_memory(project_config, available_bytes=1_000_000)
+    message = str(raised.value)
+    assert "(estimated) but only 1 MB is available" in message and costs.IGNORE_MEMORY_ENV_VAR in message
+    assert costs.check_memory(project_config, available_bytes=10**12) is None
+    monkeypatch.setenv(costs.IGNORE_MEMORY_ENV_VAR, "1")
+    assert "1 MB is available" in costs.check_memory(project_config, available_bytes=1_000_000)
 
 
 def test_markdown_has_a_row_per_layer_and_the_totals(make_config) -> None:

@@ -4,16 +4,18 @@ This is the seed's "Memory Requirements" section applied to the configured archi
 training every layer's output is kept for backpropagation; during inference a layer's output can be
 freed once the next layer is computed, so only two consecutive layers are held at a time. Sizes use
 decimal units (1 MB = 10^6 bytes), as the seed does. The memory stage writes the report; the train
-stage warns with `memory_warning` before it trains.
+stage stops with `check_memory` before it trains when the estimate exceeds the free memory.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from fashion_cnn.config import ProjectConfig
+from fashion_cnn.errors import ConfigError
 from fashion_cnn.layers import ConvLayer
 from fashion_cnn.model import ModelConfig, infer_shapes
 
@@ -218,13 +220,26 @@ def available_memory_bytes() -> int | None:
 
 
 def memory_warning(config: ProjectConfig, available_bytes: int | None = None) -> str | None:
-    """A one-line warning when the training estimate exceeds `available_bytes` (default: free RAM)."""
+    """One line when the training estimate exceeds `available_bytes` (default: free RAM), else None."""
     available = available_memory_bytes() if available_bytes is None else available_bytes
     needed = estimate_training_bytes(config)
     if available is None or needed <= available:
         return None
     return (
         f"training {config.model.name} with train.batch_size = {config.train.batch_size} needs about "
-        f"{format_bytes(needed)} but only {format_bytes(available)} is available; lower train.batch_size "
-        f"or use train.mixed_precision"
+        f"{format_bytes(needed)} (estimated) but only {format_bytes(available)} is available; lower "
+        f"train.batch_size or use train.mixed_precision"
     )
+
+
+# Set to 1 to train even when the memory estimate exceeds the available memory.
+IGNORE_MEMORY_ENV_VAR = "FASHION_CNN_IGNORE_MEMORY_CHECK"
+
+
+def check_memory(config: ProjectConfig, available_bytes: int | None = None) -> str | None:
+    """ConfigError when training would not fit in memory; with $FASHION_CNN_IGNORE_MEMORY_CHECK=1 the
+    same line comes back as a warning to print, and training goes on."""
+    warning = memory_warning(config, available_bytes)
+    if warning is None or os.environ.get(IGNORE_MEMORY_ENV_VAR) == "1":
+        return warning
+    raise ConfigError(f"{warning}; {IGNORE_MEMORY_ENV_VAR}=1 goes on anyway")

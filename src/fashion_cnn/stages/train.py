@@ -48,8 +48,6 @@ def train(
     strategy = distribute.make_strategy(config.train.strategy, device)
     settings = runtime.resolve_runtime(config.train, device, strategy)
     runtime.seed_everything(config.seed, config.train.deterministic)
-    if warning := costs.memory_warning(config):
-        log.warning("%s", warning)
     train_split = load_split(project.prepared_dir, "train")
     validation_split = load_split(project.prepared_dir, "validation")
     print(
@@ -124,8 +122,11 @@ def run_name(config: ProjectConfig, overrides: list[str]) -> str:
 
 def preflight(config: ProjectConfig, project: paths.ProjectPaths) -> None:
     """Params errors that need the machine or the data, reported before any run or output is started:
-    a GPU asked for but absent, steps_per_execution that does not divide an epoch (one replica)."""
+    a GPU asked for but absent, steps_per_execution that does not divide an epoch (one replica), a
+    model and batch that would not fit in memory."""
     runtime.select_device(config.train.device, config.train.inter_op_threads)
+    if warning := costs.check_memory(config):
+        log.warning("%s", warning)
     train_images = len(load_npz(project.prepared_dir / "train.npz", ("labels",))["labels"])
     steps = recipe.steps_per_epoch(train_images, distribute.global_batch_size(config.train, 1))
     recipe.check_steps_per_execution(steps, config.train.steps_per_execution)
