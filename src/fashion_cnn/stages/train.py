@@ -142,13 +142,16 @@ def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
         train(config, project, task)
         return
     overrides = hydra_overrides()
-    with checkpoint.training_lock(project.train_lock_file):
-        preflight(config, project)
-        with tracking.stage_run(
+    # Params errors first: a refused run touches nothing, not even the lock file.
+    preflight(config, project)
+    with (
+        checkpoint.training_lock(project.train_lock_file),
+        tracking.stage_run(
             project, config, "train", run_name(config, overrides), config.tracking.experiment_name, overrides
-        ) as run:
-            tracking.write_run_info(project, run)
-            train(config, project, task)
+        ) as run,
+    ):
+        tracking.write_run_info(project, run)
+        train(config, project, task)
 
 
 if __name__ == "__main__":
