@@ -61,6 +61,18 @@ def checked(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return result
 
 
+def long_training_until(project: Path, line_start: str) -> subprocess.Popen:
+    """A 200-epoch training run in its own process, returned once it printed a line starting so."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fashion_cnn.stages.train", *TINY_RUN, "train.epochs=200"],
+        cwd=project, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    for line in process.stdout:
+        if line.startswith(line_start):
+            break
+    return process
+
+
 def test_train_and_evaluate_log_one_complete_run(tiny_project: Path):
     trained = checked(run_stage(tiny_project, "train", *TINY_RUN))
     assert trained.stdout.count("epoch ") == 2, trained.stdout
@@ -147,14 +159,8 @@ def test_gpu_requested_without_one_is_an_error_not_a_silent_cpu_run(tiny_project
 
 
 def test_sigterm_during_training_ends_the_run_killed_and_writes_no_model(tiny_project: Path):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fashion_cnn.stages.train", *TINY_RUN, "train.epochs=200"],
-        cwd=tiny_project, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    process = long_training_until(tiny_project, "epoch 1/200")
     try:
-        for line in process.stdout:
-            if line.startswith("epoch 1/200"):
-                break
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=120)
     finally:
@@ -238,14 +244,8 @@ def test_output_is_quiet_shows_progress_and_everything_comes_back_on_request(
 
 
 def test_a_second_training_run_in_the_same_checkout_stops_with_one_line(tiny_project: Path):
-    first = subprocess.Popen(
-        [sys.executable, "-m", "fashion_cnn.stages.train", *TINY_RUN, "train.epochs=200"],
-        cwd=tiny_project, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    first = long_training_until(tiny_project, "running on ")
     try:
-        for line in first.stdout:
-            if line.startswith("running on "):
-                break
         second = run_stage(tiny_project, "train", *TINY_RUN)
     finally:
         first.kill()
