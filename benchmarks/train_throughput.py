@@ -102,7 +102,12 @@ def prepared_data(options: argparse.Namespace) -> tuple[Path, str]:
         return paths.ProjectPaths(options.root).prepared_dir, "data/prepared"
     print("[data] no data/prepared: preparing it with the download and prepare stages", flush=True)
     data_config, raw_dir = compose_config(options.root, []).data, options.scratch / "raw"
-    fetch.download(fetch.source_list(list(data_config.sources)), data_config.timeout_seconds, raw_dir)
+    fetch.download(
+        fetch.source_list(list(data_config.sources)),
+        data_config.timeout_seconds,
+        raw_dir,
+        data_config.deadline_seconds,
+    )
     prepare.prepare(raw_dir, options.scratch / "prepared", data_config)
     return options.scratch / "prepared", "prepared from data.sources by the prepare stage"
 

@@ -12,12 +12,14 @@ import http.server
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,27 @@ def free_port() -> int:
 
 
 # ---- a real HTTP server ----
+
+
+@functools.cache
+def gzip_bomb(total_bytes: int) -> bytes:
+    """A valid .gz of `total_bytes` zeros (a multiple of 1 MiB), about 1,000 times smaller.
+
+    One compressed block of 1 MiB of zeros after a full flush is the same bytes every time, so the
+    bomb is that block repeated: 1 GiB takes a third of a second, not the seconds zlib would.
+    """
+    block = bytes(1 << 20)
+    count, remainder = divmod(total_bytes, len(block))
+    if remainder:
+        raise ValueError(f"gzip_bomb: {total_bytes} is not a multiple of {len(block)}")
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)  # raw deflate: we frame it
+    deflated = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
+    crc = 0
+    for _ in range(count):
+        crc = zlib.crc32(block, crc)
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"  # magic, deflate, no flags, mtime 0
+    trailer = struct.pack("<II", crc, total_bytes & 0xFFFFFFFF)
+    return header + deflated * count + compressor.flush() + trailer
 
 
 class MirrorHandler(http.server.BaseHTTPRequestHandler):
@@ -70,16 +93,66 @@ class MirrorHandler(http.server.BaseHTTPRequestHandler):
             # Headers and half the body arrive, then nothing.
             self._send(payload, body=payload[: len(payload) // 2])
             self.server.release.wait(self.server.slow_seconds)
+        elif mode == "trickle":
+            # A byte at a time, each in time for a per-read timeout: only a deadline stops it. After
+            # `trickle_bytes` it hangs up, so that a client without a deadline fails, not hangs.
+            self._send(payload, body=b"")
+            for offset in range(min(len(payload), self.server.trickle_bytes)):
+                if self.server.release.wait(self.server.trickle_seconds):
+                    return
+                self.wfile.write(payload[offset : offset + 1])
+                self.wfile.flush()
+        elif mode == "redirect":
+            self._redirect(f"/good/{file_name}")
+        elif mode == "redirect-loop":
+            self._redirect(self.path)
+        elif mode == "unsized":
+            # No Content-Length: the body ends when the connection closes (HTTP/1.0).
+            self._send(payload, length=None)
+        elif mode == "garbled-length":
+            self._send(payload, length="twelve")
+        elif mode == "oversize":
+            # Announces 10 GB; a client that reads it all fills its memory.
+            self._send(payload, length=10**10, body=b"")
+        elif mode == "endless":
+            # No Content-Length and, for a client, no end: zeros until it hangs up.
+            self._send(payload, length=None, body=b"")
+            self._stream_zeros()
+        elif mode == "lying":
+            # Content-Length says the payload's size, then far more bytes follow.
+            self._send(payload)
+            self._stream_zeros()
+        elif mode == "bomb":
+            # A small .gz (under any size cap on the body) of far more zeros than the file holds.
+            self._send(gzip_bomb(self.server.bomb_bytes))
         else:
             self.send_error(400, f"unknown mode {mode!r}")
 
-    def _send(self, payload: bytes, body: bytes | None = None) -> None:
+    def _send(self, payload: bytes, body: bytes | None = None, length: int | str | None = -1) -> None:
+        """Answer 200 with `body` (default: the payload) and a Content-Length of `length` (default:
+        the payload's; None: no header)."""
         self.send_response(200)
         self.send_header("Content-Type", "application/gzip")
-        self.send_header("Content-Length", str(len(payload)))
+        if length is not None:
+            self.send_header("Content-Length", str(len(payload) if length == -1 else length))
         self.end_headers()
         self.wfile.write(payload if body is None else body)
         self.wfile.flush()
+
+    def _redirect(self, location: str) -> None:
+        self.send_response(302)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _stream_zeros(self) -> None:
+        """Zeros until the client hangs up, the server stops or `endless_bytes` went out (so that a
+        client without a size cap fails rather than hangs)."""
+        block = bytes(64 << 10)
+        for _ in range(self.server.endless_bytes // len(block)):
+            if self.server.release.is_set():
+                return
+            self.wfile.write(block)
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the signature http.server calls.
         pass
@@ -95,6 +168,13 @@ class MirrorServer(http.server.ThreadingHTTPServer):
         self.requests: list[str] = []
         self.release = threading.Event()
         self.slow_seconds = 10.0
+        # Under any per-read timeout a test sets, so that only the overall deadline can stop it.
+        self.trickle_seconds = 0.05
+        self.trickle_bytes = 100
+        # "Without end" for a client: far past any file's size cap.
+        self.endless_bytes = 256 << 20
+        # 48 MiB of zeros is a 50 kB .gz: under the body cap of even the smallest file.
+        self.bomb_bytes = 48 << 20
 
     def handle_error(self, request: object, client_address: object) -> None:
         # Clients that time out close the socket on slow handlers; that is the point, not an error.
@@ -106,7 +186,11 @@ class HttpMirror:
     """A live mirror on 127.0.0.1: put .gz payloads in `files` (by name without .gz), pick a mode per URL.
 
     Modes: good, recompressed, missing (404), corrupt (checksum mismatch), truncated (connection cut
-    halfway), slow (no answer for `slow_seconds`), stalled (half the body, then silence).
+    halfway), slow (no answer for `slow_seconds`), stalled (half the body, then silence), trickle (a
+    byte every `trickle_seconds`, then it hangs up after `trickle_bytes`), redirect (302 to good),
+    redirect-loop (302 to itself), unsized (no Content-Length), garbled-length (Content-Length:
+    twelve), oversize (Content-Length of 10 GB), endless (no length, `endless_bytes` of zeros), lying
+    (the payload's length, then `endless_bytes` of zeros), bomb (a .gz of `bomb_bytes` zeros).
     """
 
     server: MirrorServer

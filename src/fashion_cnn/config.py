@@ -28,6 +28,9 @@ class DataConfig(Strict):
     checksums (Debian's dataset-fashion-mnist installs the first); FASHION_CNN_MIRROR prepends one."""
     timeout_seconds: Annotated[float, Field(gt=0, le=120)]
     """Seconds an HTTP request may wait to connect and for each read."""
+    deadline_seconds: Annotated[float, Field(gt=0, le=7200)]
+    """Seconds one file's download from one source may take in all (checked between reads); past
+    it the next source is tried. 600 s asks at least 44 kB/s of the largest .gz (26 MB)."""
     validation_size: PositiveInt
     """The last N of the 60,000 training images become the validation split (the seed: 5,000)."""
     max_train_images: PositiveInt | None = None

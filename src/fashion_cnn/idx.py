@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import zlib
 from pathlib import Path
 
@@ -15,15 +14,47 @@ IMAGES_MAGIC = 0x00000803
 LABELS_MAGIC = 0x00000801
 IMAGE_SIDE = 28
 NUM_CLASSES = 10
+# No raw file may decompress to more than this: the largest, train-images-idx3-ubyte, is 47,040,016
+# bytes, and a gzip bomb (1 GB of zeros is a 1 MB .gz) must stop here rather than fill memory.
+MAX_IDX_BYTES = 64 << 20
+# Compressed bytes given to zlib at a time, and the most it returns per call.
+GUNZIP_CHUNK_BYTES = 1 << 20
+# zlib's wbits for the gzip format only (16 + the largest window), as gzip.decompress reads.
+GZIP_WBITS = 16 + zlib.MAX_WBITS
 
 
-def gunzip(data: bytes, name: str) -> bytes:
-    """Decompress a .gz payload, naming the file when it is truncated or not gzip at all."""
+def gunzip(data: bytes, name: str, max_bytes: int = MAX_IDX_BYTES) -> bytes:
+    """Decompress a .gz payload of at most `max_bytes`, naming the file when it is truncated, not
+    gzip at all, or decompresses to more (a gzip bomb stops there instead of filling memory)."""
+    parts: list[bytes] = []
+    size = 0
+    remaining = memoryview(data)
+    pending: bytes | memoryview = b""
+    decompressor = zlib.decompressobj(GZIP_WBITS)
     try:
-        return gzip.decompress(data)
-    except EOFError:
-        raise DataError(f"{name}: truncated gzip (the download or copy was cut short)") from None
-    except (gzip.BadGzipFile, zlib.error) as error:
+        while True:
+            if not pending:
+                pending, remaining = remaining[:GUNZIP_CHUNK_BYTES], remaining[GUNZIP_CHUNK_BYTES:]
+            # At most one chunk out per call, and never more than one byte past the cap.
+            output = decompressor.decompress(pending, min(GUNZIP_CHUNK_BYTES, max_bytes - size + 1))
+            pending = decompressor.unconsumed_tail
+            size += len(output)
+            if size > max_bytes:
+                raise DataError(
+                    f"{name}: decompresses to more than {max_bytes:,} bytes, more than this file can "
+                    f"hold (a corrupt file or a gzip bomb); the decompression was stopped there"
+                )
+            parts.append(output)
+            if decompressor.eof:
+                # gzip allows several members one after another, and zero bytes after the last as
+                # padding; gzip.decompress reads both.
+                pending = decompressor.unused_data
+                if not pending.strip(b"\0") and not bytes(remaining).strip(b"\0"):
+                    return b"".join(parts)
+                decompressor = zlib.decompressobj(GZIP_WBITS)
+            elif not output and not pending and not remaining:
+                raise DataError(f"{name}: truncated gzip (the download or copy was cut short)")
+    except zlib.error as error:
         raise DataError(f"{name}: not a valid gzip file ({error})") from None
 
 

@@ -14,7 +14,9 @@ def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
     """Entry point of `python -m fashion_cnn.stages.download`."""
     sources = fetch.source_list(list(config.data.sources))
     with tracking.pipeline_run(project, config, "download"):
-        used = fetch.download(sources, config.data.timeout_seconds, project.raw_dir)
+        used = fetch.download(
+            sources, config.data.timeout_seconds, project.raw_dir, config.data.deadline_seconds
+        )
         mlflow.set_tags({f"source.{name}": source for name, source in used.items()})
 
 
