@@ -20,7 +20,7 @@ RECIPE_REFINE ?= model=small_vgg train.epochs=5 train.learning_rate=0.008 train.
 MLFLOW_PORT ?= 5000
 # Extra options of `make bench`, e.g. BENCH_ARGS="--steps 64 --repeats 5" (python -m benchmarks.train_throughput -h).
 BENCH_ARGS ?=
-# Port of `make serve`, the trained model's HTTP endpoint (bound to 127.0.0.1 only).
+# Port of `make serve`, the trained model's HTTP endpoint (bound to 127.0.0.1 only; 0 picks a free port).
 SERVE_PORT ?= 5001
 # Stage commands in dvc.yaml run `python`: make it the project's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
@@ -97,7 +97,7 @@ ui: setup ## Serve the MLflow UI for the project's own store on http://127.0.0.1
 compare: setup ## Table of the latest training runs: params that differ, test accuracy, epoch time
 	python -m fashion_cnn.tools.compare --last 10
 
-serve: setup ## Serve the latest trained model (mlflow models serve) on http://127.0.0.1:$SERVE_PORT/invocations (default 5001)
+serve: setup ## Serve data/model/model.keras (refused if it carries code) on http://127.0.0.1:$SERVE_PORT (default 5001): POST raw 28x28 pixels 0-255 as JSON to /invocations
 	python -m fashion_cnn.tools.serve --port $(SERVE_PORT)
 
 lint: setup ## ruff check and format check

@@ -1,5 +1,5 @@
 """A real `mlflow server`: two tiny training runs logged over HTTP, read back through the REST API and
-the UI's own endpoints, shown in headless Chromium, served with `mlflow models serve`, and a server
+the UI's own endpoints, shown in headless Chromium, served by `make serve`, and a server
 that goes away in the middle of training."""
 
 from __future__ import annotations
@@ -363,8 +363,6 @@ def wait_for_ping(url: str, process: subprocess.Popen, log: Path) -> None:
 def test_served_model_predicts_what_the_predict_cli_says(trained_runs: TrainedRuns, tmp_path: Path) -> None:
     project = trained_runs.project
     images, png_paths = exact_png_images(project, tmp_path)
-    mean, std = data.load_standardization(project.root / "data/prepared")
-    standardized = predict.preprocess(images, mean, std)  # (2, 28, 28, 1)
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -385,14 +383,17 @@ def test_served_model_predicts_what_the_predict_cli_says(trained_runs: TrainedRu
         wait_for_ping(url, server, log)
         request = urllib.request.Request(
             f"{url}/invocations",
-            data=json.dumps({"inputs": standardized.tolist()}).encode(),
+            data=json.dumps({"inputs": images.tolist(), "top": 10}).encode(),  # raw pixels 0..255
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=120) as response:
-            served = np.asarray(json.loads(response.read())["predictions"])  # (2, 10)
-    assert f"runs:/{trained_runs.run_ids[OPTIMIZERS[-1]]}/model" in log.read_text()
+            predictions = json.loads(response.read())["predictions"]
+    assert f"MLflow run {trained_runs.run_ids[OPTIMIZERS[-1]]}" in log.read_text()
     assert cli.returncode == 0, cli.stderr[-3000:]
     answers = [result["predictions"][0] for result in json.loads(cli.stdout)]
+    # Each image's 10 probabilities in class order: (2, 10).
+    served = np.asarray([[item["probability"] for item in sorted(top, key=lambda item: item["index"])]
+                         for top in predictions])  # fmt: skip
     assert served.shape == (2, 10)
     assert list(served.argmax(axis=1)) == [answer["index"] for answer in answers]
     assert served.max(axis=1) == pytest.approx([answer["probability"] for answer in answers], abs=1e-5)

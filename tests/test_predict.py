@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from fashion_cnn import CLASS_NAMES
+from fashion_cnn import CLASS_NAMES, classifier
 from fashion_cnn.config import validate
 from fashion_cnn.data import STATS_FILE, save_npz, split_and_standardize
 from fashion_cnn.errors import DataError
@@ -160,6 +162,15 @@ def test_load_image_scales_16_bit_greyscale(tmp_path: Path) -> None:
     assert predict.load_image(path)[14, 14] == pytest.approx(127.5, abs=0.5)
 
 
+def test_load_image_reads_colour_as_its_luminance(tmp_path: Path) -> None:
+    # Colour is read, not refused (as documented): a pure red bar on black is the grey of red's
+    # luminance, 0.299 * 255 = 76, as in Pillow's convert("L").
+    rgb = np.zeros((28, 28, 3), dtype=np.uint8)
+    rgb[4:24, :, 0] = 255
+    loaded = predict.load_image(write_png(tmp_path / "red.png", rgb, mode="RGB"))
+    assert loaded[4:24].min() == pytest.approx(76, abs=1) and loaded[4:24].max() == pytest.approx(76, abs=1)
+
+
 def _random_bytes(path: Path) -> Path:
     path.write_bytes(os.urandom(500))
     return path
@@ -173,37 +184,101 @@ def _truncated_png(path: Path) -> Path:
     return path
 
 
+def _text(path: Path) -> Path:
+    path.write_text("label,pixel0,pixel1\n9,0,0\n")
+    return path
+
+
+def png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG that declares width x height greyscale pixels and holds no pixel data (a few dozen bytes)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey, no interlace
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path
+
+
+def unreadable(make_file, fragment: str, case: str, sees: str, name: str):
+    """One row of the unreadable-file table: how the file is made and what its one line says."""
+    return pytest.param(make_file, fragment, marks=pytest.mark.reliability(case=case, sees=sees), id=name)
+
+
+def _empty(path: Path) -> Path:
+    path.write_bytes(b"")
+    return path
+
+
+NOT_AN_IMAGE = "one line naming the file, 'not an image file'"
+TOO_LARGE = "one line naming the file, 'image too large', its pixel count and the 50 MP cap"
+
+
 @pytest.mark.parametrize(
-    "make_file",
+    ("make_file", "fragment"),
     [
-        lambda tmp: _random_bytes(tmp / "random.png"),
-        lambda tmp: _truncated_png(tmp / "truncated.png"),
-        lambda tmp: tmp / "missing.png",
-        lambda tmp: tmp,
+        unreadable(lambda tmp: _random_bytes(tmp / "random.png"), "not an image file",
+                   "predict: a .png of random bytes", NOT_AN_IMAGE, "random-bytes"),
+        unreadable(lambda tmp: _text(tmp / "pixels.csv"), "not an image file",
+                   "predict: a text file (CSV)", NOT_AN_IMAGE, "text"),
+        unreadable(lambda tmp: _empty(tmp / "empty.png"), "not an image file",
+                   "predict: an empty file", NOT_AN_IMAGE, "empty"),
+        unreadable(lambda tmp: _truncated_png(tmp / "truncated.png"), "cannot read image",
+                   "predict: a truncated PNG", "one line naming the file, 'cannot read image (...)'",
+                   "truncated"),
+        unreadable(lambda tmp: tmp / "missing.png", "cannot read image",
+                   "predict: an image file that does not exist",
+                   "one line naming the file, 'No such file or directory'", "missing"),
+        unreadable(lambda tmp: tmp, "cannot read image", "predict: a folder given as the image",
+                   "one line naming the folder, 'Is a directory'", "directory"),
+        unreadable(lambda tmp: png_header(tmp / "big.png", 9000, 6000), "9,000 x 6,000 = 54,000,000 pixels",
+                   "predict: a 9000x6000 (54-megapixel) image", TOO_LARGE, "54-megapixels"),
+        unreadable(lambda tmp: png_header(tmp / "bigger.png", 10000, 10000), "(100,000,000 pixels",
+                   "predict: a 10000x10000 image (Pillow would only warn)", f"{TOO_LARGE}; no warning",
+                   "100-megapixels"),
+        unreadable(lambda tmp: png_header(tmp / "bomb.png", 20000, 20000), "(400,000,000 pixels",
+                   "predict: a 20000x20000 image (a decompression bomb)", f"{TOO_LARGE}; nothing decoded",
+                   "400-megapixels"),
     ],
-    ids=["random-bytes", "truncated", "missing", "directory"],
-)
-def test_load_image_names_the_file_it_cannot_read(tmp_path: Path, make_file) -> None:
+)  # fmt: skip
+def test_load_image_names_the_file_it_cannot_read(
+    tmp_path: Path, make_file, fragment: str, recwarn: pytest.WarningsRecorder
+) -> None:
     path = make_file(tmp_path)
     with pytest.raises(DataError) as raised:
         predict.load_image(path)
-    assert str(raised.value).startswith(f"{path}: ") and "\n" not in str(raised.value)
+    message = str(raised.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message and fragment in message, message
+    assert not [
+        warning for warning in recwarn if issubclass(warning.category, Image.DecompressionBombWarning)
+    ]
+
+
+def test_an_image_under_the_cap_is_decoded_not_refused_for_size(tmp_path: Path) -> None:
+    # 7000 x 7000 = 49 megapixels: no size refusal; decoding then finds no pixel data.
+    with pytest.raises(DataError, match="cannot read image") as raised:
+        predict.load_image(png_header(tmp_path / "large.png", 7000, 7000))
+    assert "too large" not in str(raised.value)
 
 
 def test_preprocess_standardizes_with_the_saved_statistics() -> None:
     images = np.stack([np.full((28, 28), 10.0), np.full((28, 28), 250.0)]).astype(np.float32)
     mean = np.full((1, 28, 28), 50.0, dtype=np.float32)
     std = np.full((1, 28, 28), 20.0, dtype=np.float32)
-    batch = predict.preprocess(images, mean, std)
+    batch = classifier.preprocess(images, mean, std)
     assert batch.shape == (2, 28, 28, 1) and batch.dtype == np.float32
     assert batch[0, 0, 0, 0] == pytest.approx(-2.0) and batch[1, 27, 27, 0] == pytest.approx(10.0)
     with pytest.raises(DataError, match=r"\(1, 28, 28\)"):
-        predict.preprocess(images, mean[0], std)
+        classifier.preprocess(images, mean[0], std)
 
 
 # ---- the command line ----
 
 
+@pytest.mark.reliability(
+    case="predict: no model file, or no standardization.npz",
+    sees="one line naming the missing file and `dvc repro`; exit 1",
+)
 def test_missing_model_or_statistics_give_one_line_naming_the_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -219,6 +294,54 @@ def test_missing_model_or_statistics_give_one_line_naming_the_file(
     assert predict.main(arguments) == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and str(tmp_path / STATS_FILE) in error and "dvc repro" in error
+
+
+def save_model(path: Path, input_shape: tuple[int, ...], classes: int) -> Path:
+    """A tiny real Keras model (untrained) of the given input shape and number of outputs."""
+    import keras
+
+    inputs = keras.Input(input_shape)
+    outputs = keras.layers.Dense(classes, activation="softmax")(keras.layers.Flatten()(inputs))
+    keras.Model(inputs, outputs).save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("input_shape", "classes", "fragment"),
+    [
+        pytest.param(
+            (32, 32, 3), 10, "(32, 32, 3)", id="32x32-colour-model",
+            marks=pytest.mark.reliability(
+                case="predict: a model built for other images (32x32x3)",
+                sees="one line naming the model file, its input (32, 32, 3) and (28, 28, 1); exit 1",
+            ),
+        ),
+        pytest.param(
+            (28, 28, 1), 5, "(5,)", id="5-class-model",
+            marks=pytest.mark.reliability(
+                case="predict: a model with 5 outputs instead of 10 classes",
+                sees="one line naming the model file, its output (5,) and (10,); exit 1",
+            ),
+        ),
+    ],
+)  # fmt: skip
+def test_a_model_of_other_shapes_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], input_shape, classes: int, fragment: str
+) -> None:
+    model_file = save_model(tmp_path / "model.keras", input_shape, classes)
+    save_npz(
+        tmp_path / STATS_FILE, mean=np.zeros((1, 28, 28), np.float32), std=np.ones((1, 28, 28), np.float32)
+    )
+    image = write_png(tmp_path / "garment.png", np.zeros((28, 28)))
+    arguments = [str(image), "--model", str(model_file), "--prepared-dir", str(tmp_path)]
+    assert predict.main(arguments) == 1
+    output = capsys.readouterr()
+    assert output.out == "" and output.err.count("\n") == 1
+    assert (
+        output.err.startswith(f"error: {model_file}: ")
+        and fragment in output.err
+        and "(28, 28, 1)" in output.err
+    )
 
 
 def test_top_must_be_between_1_and_10() -> None:

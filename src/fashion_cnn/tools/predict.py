@@ -1,10 +1,17 @@
-"""Classify garment photos with the trained model: `python -m fashion_cnn.tools.predict IMAGE... [--json]`."""
+"""Classify garment photos with the trained model: `python -m fashion_cnn.tools.predict IMAGE... [--json]`.
+
+Each file is read as a Fashion-MNIST image (28x28 grey, garment light on black); the model is loaded
+and used through fashion_cnn.classifier, the same path as `make serve`, which refuses a model that
+carries code.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,8 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fashion_cnn import CLASS_NAMES, paths, trained_model
-from fashion_cnn.data import STATS_FILE, load_standardization
+from fashion_cnn import CLASS_NAMES, classifier, paths
+from fashion_cnn.data import STATS_FILE
 from fashion_cnn.errors import DataError, FashionCnnError
 from fashion_cnn.idx import IMAGE_SIDE
 
@@ -21,14 +28,29 @@ from fashion_cnn.idx import IMAGE_SIDE
 LIGHT_BACKGROUND_THRESHOLD = 127.5
 # After the background is mapped to 0, pixels above this (of 255) count as garment when trimming.
 FOREGROUND_THRESHOLD = 20.0
-# Images per forward pass: bounds memory for long lists of files.
-BATCH_SIZE = 256
+# Larger images are refused from their header, before any decoding: 50 megapixels is an 8,000 x 6,000
+# photo; a 20,000 x 20,000 PNG would take 1.6 GB as grey levels.
+MAX_PIXELS = 50_000_000
+
+
+def _too_large(path: Path, pixels: int | str) -> DataError:
+    """The one line for an image over MAX_PIXELS."""
+    return DataError(
+        f"{path}: image too large ({pixels} pixels, at most {MAX_PIXELS:,} are read); scale it down first"
+    )
 
 
 def _read_grayscale(path: Path) -> np.ndarray:
-    """Decode any image Pillow knows into (height, width) float32 grey levels 0..255."""
+    """Decode any image Pillow knows into (height, width) float32 grey levels 0..255; colour becomes grey."""
     try:
-        with Image.open(path) as opened:
+        # Pillow warns from 89 megapixels and refuses from 179: both are a refusal here.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            opened = Image.open(path)  # Reads the header only.
+        with opened:
+            width, height = opened.size
+            if width * height > MAX_PIXELS:
+                raise _too_large(path, f"{width:,} x {height:,} = {width * height:,}")
             image = ImageOps.exif_transpose(opened)  # Phone photos store their rotation in EXIF.
             if image.mode.startswith("I"):
                 # 16-bit greyscale: Pillow's convert("L") would clip it, so scale 0..65535 to 0..255.
@@ -37,10 +59,14 @@ def _read_grayscale(path: Path) -> np.ndarray:
                 # Transparent areas become white, a light background like a product photo's.
                 rgba = image.convert("RGBA")
                 image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+            # Colour becomes its luminance (ITU-R 601: 0.299 R + 0.587 G + 0.114 B), as Fashion-MNIST's grey.
             return np.asarray(image.convert("L"), dtype=np.float32)
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image file Pillow can read (expected PNG or JPEG)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        counted = re.search(r"\((\d+) pixels\)", str(error))
+        raise _too_large(path, f"{int(counted[1]):,}" if counted else "over 89 million") from None
+    except (OSError, SyntaxError, ValueError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise DataError(f"{path}: cannot read image ({reason})") from None
 
@@ -74,58 +100,11 @@ def load_image(path: Path) -> np.ndarray:
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 255.0)
 
 
-def preprocess(images: Sequence[np.ndarray] | np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """Standardize (count, 28, 28) images of 0..255 with the training statistics: (count, 28, 28, 1)."""
-    batch = np.asarray(images, dtype=np.float32)
-    expected = (IMAGE_SIDE, IMAGE_SIDE)
-    if batch.ndim != 3 or batch.shape[1:] != expected:
-        raise ValueError(f"images must have shape (count, 28, 28), got {batch.shape}")
-    if mean.shape != (1, *expected) or std.shape != (1, *expected):
-        raise DataError(
-            f"{STATS_FILE}: mean and std must have shape (1, 28, 28), got {mean.shape} and {std.shape}"
-        )
-    return ((batch - mean) / std)[..., np.newaxis].astype(np.float32)  # (count, 28, 28, 1)
-
-
-def predict(model: Any, batch: np.ndarray, top_k: int = 3) -> list[list[dict[str, Any]]]:
-    """The top-k classes of each standardized image (count, 28, 28, 1), most probable first."""
-    import keras
-
-    if len(batch) == 0:
-        return []
-    outputs = [
-        keras.ops.convert_to_numpy(model(batch[start : start + BATCH_SIZE], training=False))
-        for start in range(0, len(batch), BATCH_SIZE)
-    ]
-    probabilities = np.concatenate(outputs).astype(np.float64)  # (count, 10)
-    if probabilities.shape[1:] != (len(CLASS_NAMES),):
-        raise DataError(
-            f"the model outputs shape {probabilities.shape[1:]}, expected one score per class (10)"
-        )
-    # A model whose last layer is not a softmax gives logits: turn them into probabilities.
-    if (probabilities < 0).any() or not np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-3):
-        exponentials = np.exp(probabilities - probabilities.max(axis=1, keepdims=True))
-        probabilities = exponentials / exponentials.sum(axis=1, keepdims=True)
-    ranking = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
-    return [
-        [
-            {"class": CLASS_NAMES[index], "index": int(index), "probability": float(row[index])}
-            for index in top
-        ]
-        for row, top in zip(probabilities, ranking, strict=True)
-    ]
-
-
 def classify_files(
     image_paths: Sequence[Path], model_path: Path, prepared_dir: Path, top_k: int = 3
 ) -> list[dict[str, Any]]:
     """One result per file, in order: {"file", "predictions"} or {"file", "error"}."""
-    stats_path = prepared_dir / STATS_FILE
-    if not model_path.is_file():
-        raise DataError(f"{model_path}: model file not found (train it with `dvc repro`)")
-    if not stats_path.is_file():
-        raise DataError(f"{stats_path}: standardization statistics not found (make them with `dvc repro`)")
-    mean, std = load_standardization(prepared_dir)
+    trained = classifier.load_classifier(model_path, prepared_dir)
     results: list[dict[str, Any]] = []
     images: dict[int, np.ndarray] = {}  # position in image_paths -> (28, 28) pixels
     for position, path in enumerate(image_paths):
@@ -135,8 +114,7 @@ def classify_files(
         except DataError as error:
             results.append({"file": str(path), "error": str(error)})
     if images:
-        batch = preprocess(list(images.values()), mean, std)
-        predictions = predict(trained_model.load_model(model_path), batch, top_k)
+        predictions = trained.classify(np.stack(list(images.values())), top_k)
         for position, top in zip(images, predictions, strict=True):
             results[position]["predictions"] = top
     return results
@@ -180,7 +158,7 @@ def format_text(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: 0 when every image was classified, 1 when any failed or the model is missing."""
+    """Entry point: 0 when every image was classified; 1 when any failed or the model was refused."""
     args = parse_args(argv)
     try:
         model_path, prepared_dir = args.model, args.prepared_dir
