@@ -23,6 +23,7 @@ from fashion_cnn import paths, server, sweep
 from fashion_cnn.atomic import write_json_atomic
 from fashion_cnn.cli import hydra_overrides
 from fashion_cnn.config import ProjectConfig, flatten
+from fashion_cnn.errors import FashionCnnError
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,18 @@ log = logging.getLogger(__name__)
 MAX_PARAM_LENGTH = 6000
 PARAM_BATCH = 100
 # MLflow retries a failed request 7 times over about 4 minutes (meant for rate-limited hosted
-# servers), per call. A stage whose server went away mid-run should give up on a call within
-# seconds and go on training, so stages retry twice within about 3 s unless the user set these.
-HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+# servers), waits up to 120 s for each answer and sleeps as long as a 503's Retry-After asks, per
+# call. A stage whose server went away mid-run should give up on a call soon and go on training, so
+# unless the user set these a call makes 3 attempts of at most 10 s each, 0 and about 3 s apart:
+# about 3 s on a server that refuses or answers 5xx, at most about 35 s on one that never answers.
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_RESPECT_RETRY_AFTER_HEADER": "false",
+}
+# What logs a training run's records from data/model and reports/train after its server was gone.
+LOG_TRAINING_COMMAND = "python -m fashion_cnn.tools.log_training"
 # MLflow 3's UI opens an experiment on its GenAI overview unless this tag says it trains models;
 # then it opens on the runs table.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -53,14 +63,20 @@ def artifact_location(uri: str) -> str | None:
     return (database.parent / "mlartifacts").as_uri()
 
 
-def use_experiment(project: paths.ProjectPaths, experiment_name: str) -> str:
-    """Point MLflow at the project's store and experiment, creating it if needed; return its id."""
-    uri = tracking_uri(project)
+def connect(uri: str) -> None:
+    """Point MLflow at a store; a tracking server is checked first (one line if it is not healthy)
+    and its calls get bounded retries (HTTP_RETRY_DEFAULTS, unless the user set them)."""
     if server.is_remote(uri):
         server.check_server(uri)
         for name, value in HTTP_RETRY_DEFAULTS.items():
             os.environ.setdefault(name, value)
     mlflow.set_tracking_uri(uri)
+
+
+def use_experiment(project: paths.ProjectPaths, experiment_name: str) -> str:
+    """Point MLflow at the project's store and experiment, creating it if needed; return its id."""
+    uri = tracking_uri(project)
+    connect(uri)
     experiment = mlflow.get_experiment_by_name(experiment_name)
     if experiment is not None:
         mlflow.set_experiment(experiment_name)
@@ -154,22 +170,12 @@ def stage_run(
     Logging calls made through log_safely during the stage that fail are listed in one warning
     line at the end, after the stage's outputs are written.
     """
-    experiment_id = use_experiment(project, experiment_name)
+    run = start_stage_run(project, stage, run_name, experiment_name, overrides, run_id)
     server.record_failures(mlflow.get_tracking_uri())
     if run_id is None:
-        tags = run_tags(project, stage, overrides)
-        if os.environ.get("DVC_EXP_NAME"):
-            run_name = f"{run_name} (dvc exp {os.environ['DVC_EXP_NAME']})"
-        if (active_sweep := sweep.current()) is not None:
-            if active_sweep.parent_run_id is None:
-                parent_tags = run_tags(project, stage, active_sweep.overrides)
-                active_sweep.start_parent(experiment_id, parent_tags)
-            tags[MLFLOW_PARENT_RUN_ID] = active_sweep.parent_run_id
-        run = mlflow.start_run(run_name=run_name, tags=tags)
-        log_config(config)
+        server.log_safely(log_config, config)
     else:
-        run = mlflow.start_run(run_id=run_id)
-        mlflow.set_tag(f"stage.{stage}", "done")
+        server.log_safely(mlflow.set_tag, f"stage.{stage}", "done")
     status = "FAILED"
     try:
         yield run
@@ -178,11 +184,65 @@ def stage_run(
         status = "KILLED"
         raise
     finally:
-        server.log_safely(mlflow.end_run, status=status)
+        server.end_run(status)
         if (active_sweep := sweep.current()) is not None and run_id is None:
             active_sweep.child_statuses.append(status)
+        if status == "FINISHED":
+            server.set_log_later(log_later(project, stage, run.info.run_id))
         if summary := server.failure_summary():
             print(summary, file=sys.stderr, flush=True)
+
+
+def start_stage_run(
+    project: paths.ProjectPaths,
+    stage: str,
+    run_name: str,
+    experiment_name: str,
+    overrides: list[str],
+    run_id: str | None,
+) -> Any:
+    """The stage's MLflow run, new or resumed; a store that fails here stops the stage in one line
+    naming it and what it answered (checked before, so this is a server failing between the calls)."""
+    uri = tracking_uri(project)
+    try:
+        experiment_id = use_experiment(project, experiment_name)
+        if run_id is not None:
+            return mlflow.start_run(run_id=run_id)
+        tags = run_tags(project, stage, overrides)
+        if os.environ.get("DVC_EXP_NAME"):
+            run_name = f"{run_name} (dvc exp {os.environ['DVC_EXP_NAME']})"
+        if (active_sweep := sweep.current()) is not None:
+            if active_sweep.parent_run_id is None:
+                parent_tags = run_tags(project, stage, active_sweep.overrides)
+                active_sweep.start_parent(experiment_id, parent_tags)
+            tags[MLFLOW_PARENT_RUN_ID] = active_sweep.parent_run_id
+        return mlflow.start_run(run_name=run_name, tags=tags)
+    except server.LOGGING_ERRORS as error:
+        message = " ".join(str(error).split())[:300]
+        fix = "fix the server, or unset MLFLOW_TRACKING_URI to use the local mlflow.db"
+        if not server.is_remote(uri):
+            fix = "check that no other process holds the store, then run again"
+        raise FashionCnnError(
+            f"MLflow tracking store {uri} failed as the {stage} stage started its run ({message}); "
+            f"nothing was run: {fix}"
+        ) from None
+
+
+def log_later(project: paths.ProjectPaths, stage: str, run_id: str) -> str:
+    """How a finished stage's records that did not reach MLflow can be logged once the store answers."""
+    if stage == "train":
+        on_disk = ", ".join(
+            str(path.relative_to(project.root))
+            for path in (project.model_dir, project.train_metrics_file, project.history_file)
+        )
+        return (
+            f"the model and metrics are on disk ({on_disk}); once the server answers, "
+            f"`{LOG_TRAINING_COMMAND}` logs them into MLflow run {run_id}"
+        )
+    return (
+        f"the stage's outputs are on disk; once the server answers, `dvc repro --force --single-item "
+        f"{stage}` runs it again and logs it"
+    )
 
 
 def write_run_info(project: paths.ProjectPaths, run: Any) -> None:
