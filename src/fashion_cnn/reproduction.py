@@ -8,6 +8,7 @@ runs; its params.yaml is composed from conf/ with the given Hydra overrides, the
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -42,7 +43,15 @@ def read_accuracy(path: Path) -> float:
 
 
 def run(command: list[str], cwd: Path, environment: dict[str, str] | None = None) -> None:
-    """Run a command in `cwd`, streaming its output; FashionCnnError when it fails."""
+    """Run a command in `cwd`, streaming its output; FashionCnnError when it fails.
+
+    In a copy with its own src/, the stages import that code (the code DVC hashes), not the installed one.
+    """
+    environment = dict(os.environ if environment is None else environment)
+    if (cwd / "src" / "fashion_cnn").is_dir():
+        environment["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(cwd / "src"), environment.get("PYTHONPATH", "")])
+        )
     print(f"$ {' '.join(command)}", flush=True)
     if subprocess.run(command, cwd=cwd, env=environment, check=False).returncode != 0:
         raise FashionCnnError(f"`{' '.join(command)}` failed in {cwd}")
