@@ -12,10 +12,6 @@ DATASET_DIR := /usr/share/datasets/fashion-mnist
 TOLERANCE ?= 0.005
 # The quick profile's 2,000-image test set moves 0.05 points per image: allow a little more.
 QUICK_TOLERANCE ?= 0.01
-# The candidates `make recipe-sweep` trains, in two Hydra multiruns on top of experiment=cpu_15min:
-# architecture x epochs, then the learning rate and random erasing for the faster, better model.
-RECIPE_SWEEP ?= model=small_vgg,small_resnet train.epochs=3,5
-RECIPE_REFINE ?= model=small_vgg train.epochs=5 train.learning_rate=0.008 train.augmentation.random_erasing=0,0.25
 # Port of `make ui` (bound to 127.0.0.1 only).
 MLFLOW_PORT ?= 5000
 # Extra options of `make bench`, e.g. BENCH_ARGS="--steps 64 --repeats 5" (python -m benchmarks.train_throughput -h).
@@ -26,7 +22,7 @@ SERVE_PORT ?= 5001
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup dataset browser repro test test-slow reproduce reproduce-quick bench recipe-sweep \
+.PHONY: help setup dataset browser repro test test-slow reproduce reproduce-quick bench race race-spread recipe-sweep \
 	recipe-report recipe-finalist reproduce-recipe ui compare serve lint format clean
 
 help: ## List the targets
@@ -78,18 +74,23 @@ bench: setup ## Time training vs the seed's Keras code, the train stage, dvc rep
 	python -m benchmarks.train_throughput $(BENCH_ARGS)
 	python -m benchmarks.table --doc docs/performance.md
 
-recipe-sweep: setup ## The 15-minute CPU recipe's sweep (2 Hydra multiruns of the train stage, validation only; 1.2 h)
-	python -m fashion_cnn.stages.train -m experiment=cpu_15min $(RECIPE_SWEEP)
-	python -m fashion_cnn.stages.train -m experiment=cpu_15min $(RECIPE_REFINE)
+race: setup ## Time the seed recipe and each preset of conf/race.yaml side by side (reports/race.json, race.png; ~35 min, run alone)
+	python -m fashion_cnn.tools.race
+
+race-spread: setup ## Train and test the race winner with conf/race.yaml's extra seeds; its spread goes into reports/race.json
+	python -m fashion_cnn.tools.race --spread
+
+recipe-sweep: setup ## The sweeps of conf/race.yaml: Hydra multiruns of the train stage, validation only (about an hour)
+	python -m fashion_cnn.tools.race --sweep
 
 recipe-report: setup ## reports/recipe/sweep.csv and frontier.png from the recipe's MLflow runs
 	python -m fashion_cnn.tools.sweep_report
 
-recipe-finalist: setup ## Train and test the cpu_15min preset once in a clean copy; record reports/recipe/metrics.json
-	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlflow.db python -m fashion_cnn.tools.reproduce --profile cpu_15min --record
+recipe-finalist: setup ## Train and test the race winner (conf/race.yaml) once in a clean copy; record reports/recipe/metrics.json
+	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlflow.db python -m fashion_cnn.tools.reproduce --profile recipe --record
 
-reproduce-recipe: setup ## Rerun the cpu_15min preset in a clean copy; fail unless it reproduces reports/recipe/metrics.json
-	python -m fashion_cnn.tools.reproduce --profile cpu_15min --tolerance $(TOLERANCE)
+reproduce-recipe: setup ## Rerun the race winner (conf/race.yaml) in a clean copy; fail unless it reproduces reports/recipe/metrics.json
+	python -m fashion_cnn.tools.reproduce --profile recipe --tolerance $(TOLERANCE)
 
 ui: setup ## Serve the MLflow UI for the project's own store on http://127.0.0.1:$MLFLOW_PORT (default 5000); prints the runs tables' addresses
 	python -m fashion_cnn.tools.ui --port $(MLFLOW_PORT)
@@ -99,6 +100,11 @@ compare: setup ## Table of the latest training runs: params that differ, test ac
 
 serve: setup ## Serve data/model/model.keras (refused if it carries code) on http://127.0.0.1:$SERVE_PORT (default 5001): POST raw 28x28 pixels 0-255 as JSON to /invocations
 	python -m fashion_cnn.tools.serve --port $(SERVE_PORT)
+
+.PHONY: docs
+docs: setup ## Regenerate docs/params.md (from the params schema) and docs/reliability.md (from the tests' reliability markers)
+	python -m fashion_cnn.tools.params_doc
+	python -m tests.reliability_doc
 
 lint: setup ## ruff check and format check
 	ruff check . && ruff format --check .

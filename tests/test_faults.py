@@ -139,6 +139,10 @@ def slow_mirror(http_mirror) -> Iterator:
     yield http_mirror
 
 
+@pytest.mark.reliability(
+    case="Ctrl-C or SIGTERM during each stage; a second `dvc repro` while one runs",
+    sees="stage stops, run KILLED, nothing half-done; next repro redoes it, training resumes",
+)
 def test_interrupted_stages_leave_nothing_finished_and_the_next_repro_completes(
     dvc_project: Path, git_commit, slow_mirror, tmp_path: Path
 ) -> None:
@@ -270,6 +274,10 @@ def test_interrupted_stages_leave_nothing_finished_and_the_next_repro_completes(
 # ---- a full disk ----
 
 
+@pytest.mark.reliability(
+    case="disk full while the prepare stage writes its arrays",
+    sees="one `error:` line naming the file, 'No space left on device'; no partial file; run FAILED",
+)
 def test_full_disk_while_preparing_is_one_line_and_leaves_no_partial_file(
     project: Path, synthetic_raw, small_tmpfs, tmp_path: Path
 ) -> None:
@@ -298,6 +306,10 @@ def test_full_disk_while_preparing_is_one_line_and_leaves_no_partial_file(
 # ---- a checkpoint is resumed only by the run it was written for ----
 
 
+@pytest.mark.reliability(
+    case="a checkpoint left by an interrupted run with other params",
+    sees="'discarding the checkpoint in ...' line; training starts again from epoch 1",
+)
 def test_a_checkpoint_of_other_params_is_discarded_not_resumed(make_config, tmp_path: Path, capsys) -> None:
     import mlflow
     import numpy as np

@@ -119,6 +119,10 @@ def test_memory_warning(make_config) -> None:
     assert costs.available_memory_bytes() is None or costs.available_memory_bytes() > 0
 
 
+@pytest.mark.reliability(
+    case="a model and batch that would not fit in this machine's memory",
+    sees="one line before any run; FASHION_CNN_IGNORE_MEMORY_CHECK=1 makes it a warning",
+)
 def test_training_that_would_not_fit_stops_unless_the_user_says_go_on(make_config, monkeypatch) -> None:
     project_config = make_config()
     with pytest.raises(errors.ConfigError) as raised:
@@ -167,6 +171,10 @@ def test_cli_with_overrides_prints_and_writes_nothing(project: Path, run_stage) 
     assert not (project / "reports" / "memory.json").exists()
 
 
+@pytest.mark.reliability(
+    case="the memory stage run with train.batch_size=0",
+    sees="one `error:` line naming train.batch_size; exit 1; no traceback",
+)
 def test_cli_rejects_a_bad_batch_size_in_one_line(project: Path, run_stage) -> None:
     result = run_stage("memory", "train.batch_size=0", cwd=project)
     assert result.returncode == 1

@@ -402,6 +402,10 @@ def test_served_model_predicts_what_the_predict_cli_says(trained_runs: TrainedRu
 # ---- the server goes away mid-training ----
 
 
+@pytest.mark.reliability(
+    case="the real tracking server killed (SIGKILL) during `dvc repro train`",
+    sees="training finishes, DVC records the outputs; one `warning:` line names the failed calls",
+)
 def test_server_gone_mid_training_keeps_every_output_and_names_the_failed_calls(
     dvc_project: Path, tiny_project: TinyProject, mlflow_server_factory, make_config, tmp_path: Path
 ) -> None:
