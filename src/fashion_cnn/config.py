@@ -85,6 +85,9 @@ class TrainConfig(Strict):
     """Momentum, used by sgd only."""
     batch_size: PositiveInt
     """Images per gradient step on each replica; the global batch is batch_size x replicas."""
+    validation_batch_size: PositiveInt | None
+    """Images per step when scoring the validation split after each epoch; null: the global training
+    batch. Larger means fewer, bigger steps (a GPU's choice); the numbers do not change."""
     epochs: PositiveInt
     """Passes over the training split."""
     device: Literal["auto", "cpu", "gpu"]

@@ -139,6 +139,6 @@ def fit_arguments(
         "x": dataset,
         "steps_per_epoch": steps_per_epoch(len(train_split.labels), batch_size),
         "validation_data": validation_data,
-        "validation_batch_size": batch_size,
+        "validation_batch_size": train_config.validation_batch_size or batch_size,
         "shuffle": False,  # the dataset shuffles itself; Keras would only warn that it ignores True
     }
