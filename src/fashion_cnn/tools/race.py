@@ -11,6 +11,7 @@ with the extra seeds of conf/race.yaml (make race-spread). Let nothing else run 
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import os
 import shlex
@@ -62,9 +63,7 @@ def time_seed(root: Path, epochs_timed: int, environment: dict[str, str]) -> dic
     with clean_copy(root, [f"train.epochs={epochs_timed}"], "seed") as workdir:
         reproduction.run(["dvc", "repro", "train"], workdir, environment)
         metrics = reproduction.read_json(workdir / "reports" / "train" / "metrics.json")
-        epoch_seconds = [
-            row["epoch_seconds"] for row in read_history(workdir / "reports" / "train" / "history.csv")
-        ]
+        epoch_seconds = epoch_times(workdir / "reports" / "train" / "history.csv")
         ran = what_ran(workdir, environment)
     seconds = race_report.seed_train_seconds(metrics["train_seconds"], epoch_seconds, total_epochs)
     return {
@@ -78,6 +77,13 @@ def time_seed(root: Path, epochs_timed: int, environment: dict[str, str]) -> dic
         "test_accuracy_from": "reports/metrics.json (the recorded 10-epoch run)",
         **ran,
     }
+
+
+def epoch_times(history_file: Path) -> list[float]:
+    """Seconds of each epoch, as the train stage recorded them in history.csv."""
+    read_history(history_file)  # one line naming the file when it is damaged
+    with history_file.open(newline="") as lines:
+        return [float(row["epoch_seconds"]) for row in csv.DictReader(lines)]
 
 
 def reproduction_params(root: Path) -> dict[str, Any]:
