@@ -113,7 +113,9 @@ def race_figure(report: dict[str, Any]):  # -> matplotlib Figure
     seed = report["seed"]
     axes.scatter([1.0], [seed["test_accuracy"]], color="tab:gray", s=70, zorder=3)
     axes.annotate(
-        f"seed recipe\n{seed['test_accuracy']:.4f} ({seed['train_seconds']:.0f} s)",
+        f"seed recipe: {seed['test_accuracy']:.4f} (recorded run)\n"
+        f"{seed['train_seconds']:.0f} s of training "
+        f"({seed['epochs_timed']} of {seed['epochs']} epochs timed)",
         (1.0, seed["test_accuracy"]),
         textcoords="offset points", xytext=(-8, 10), ha="right", fontsize=9,
     )  # fmt: skip
