@@ -320,7 +320,7 @@ def test_a_checkpoint_of_other_params_is_discarded_not_resumed(make_config, tmp_
     checkpoint_dir = tmp_path / "checkpoints" / "train"
     checkpoint_dir.mkdir(parents=True)
     # What an interrupted run with other params leaves: 3 epochs done.
-    (checkpoint_dir / checkpoint.FINGERPRINT_FILE).write_text("of a run with other params")
+    (checkpoint_dir / checkpoint.FINGERPRINT_FILE).write_text("0" * 64)  # a SHA-256, not this run's
     (checkpoint_dir / checkpoint.KERAS_METADATA_FILE).write_text('{"epoch": 3, "batch": 0}')
     config = make_config("model=small_cnn", "train.epochs=1")
     generator = np.random.default_rng(0)

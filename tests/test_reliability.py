@@ -227,28 +227,12 @@ def put_nan(arrays: dict[str, np.ndarray]) -> None:
     arrays["images"][7, 3, 4, 0] = np.nan
 
 
-def to_float64(arrays: dict[str, np.ndarray]) -> None:
-    arrays["images"] = arrays["images"].astype(np.float64)
-
-
-def drop_channel_axis(arrays: dict[str, np.ndarray]) -> None:
-    arrays["images"] = arrays["images"][..., 0]
-
-
 def edit_raw(name: str, edit: Callable[[bytes], bytes]) -> Callable[[Path], None]:
     """A setup that replaces data/raw/<name>.gz by `edit` of its decompressed IDX bytes."""
 
     def setup(project: Path) -> None:
         path = project / "data" / "raw" / f"{name}.gz"
         path.write_bytes(gzip.compress(edit(gzip.decompress(path.read_bytes())), mtime=0))
-
-    return setup
-
-
-def truncate_file(name: str) -> Callable[[Path], None]:
-    def setup(project: Path) -> None:
-        path = project / "data" / "raw" / f"{name}.gz"
-        path.write_bytes(path.read_bytes()[:-100])
 
     return setup
 
@@ -270,45 +254,11 @@ def corrupt_mirror(project: Path) -> None:
 
 # Bad data, each through the stage where it enters, naming the file (opens_run: the stage has
 # started when it reads its inputs). The same cases at function level are in test_prepare.py and
-# test_download.py.
+# test_download.py; damaged files (empty, truncated, flipped bytes, wrong dtype or shape, of another
+# run) are test_damaged_files.py's table.
 BAD_DATA = {
     "prepared-nan": Case(
         "train", (), ("data/prepared/train.npz", "NaN"), edit_split("train", put_nan), opens_run=True
-    ),
-    "prepared-wrong-dtype": Case(
-        "train",
-        (),
-        ("data/prepared/validation.npz", "float32", "float64"),
-        edit_split("validation", to_float64),
-        opens_run=True,
-    ),
-    "prepared-wrong-shape": Case(
-        "train",
-        (),
-        ("data/prepared/train.npz", "(count, 28, 28, 1)", "(100, 28, 28)"),
-        edit_split("train", drop_channel_axis),
-        opens_run=True,
-    ),
-    "raw-truncated-gzip": Case(
-        "prepare",
-        ("data.validation_size=20",),
-        ("t10k-images-idx3-ubyte.gz", "truncated gzip"),
-        truncate_file("t10k-images-idx3-ubyte"),
-        opens_run=True,
-    ),
-    "raw-wrong-magic-number": Case(
-        "prepare",
-        ("data.validation_size=20",),
-        ("train-images-idx3-ubyte.gz", "wrong IDX magic number"),
-        edit_raw("train-images-idx3-ubyte", lambda content: content[:3] + b"\x0d" + content[4:]),
-        opens_run=True,
-    ),
-    "raw-count-mismatch": Case(
-        "prepare",
-        ("data.validation_size=20",),
-        ("train-images-idx3-ubyte.gz has 120 images but train-labels-idx1-ubyte.gz has 119 labels",),
-        edit_raw("train-labels-idx1-ubyte", lambda content: encode_idx(np.zeros(119, dtype=np.uint8))),
-        opens_run=True,
     ),
     "raw-label-outside-0-9": Case(
         "prepare",

@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,13 +26,23 @@ import keras
 import mlflow
 import numpy as np
 
+from fashion_cnn import records
 from fashion_cnn.atomic import signals_deferred, write_json_atomic, write_text_atomic
 from fashion_cnn.config import ProjectConfig
 from fashion_cnn.errors import FashionCnnError
 
-# The file Keras's BackupAndRestore writes after each epoch: {"epoch": completed epochs, "batch": 0}.
+# The files Keras's BackupAndRestore writes after each epoch: the weights and optimizer variables,
+# and {"epoch": completed epochs, "batch": 0}.
+KERAS_WEIGHTS_FILE = "latest.weights.h5"
 KERAS_METADATA_FILE = "training_metadata.json"
 FINGERPRINT_FILE = "fingerprint.txt"
+FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+# resume_state_0003.json: the state this class adds after epoch 3.
+STATE_FILE_PREFIX = "resume_state_"
+# The SHA-256 and size of KERAS_WEIGHTS_FILE as saved with a state file: an HDF5 file has no checksum
+# of its own.
+WEIGHTS_DIGEST_KEY = "weights_sha256"
+WEIGHTS_SIZE_KEY = "weights_bytes"
 
 
 def fingerprint(config: ProjectConfig, *arrays: np.ndarray) -> str:
@@ -46,23 +57,88 @@ def fingerprint(config: ProjectConfig, *arrays: np.ndarray) -> str:
 
 
 def completed_epochs(directory: Path, run_fingerprint: str) -> int:
-    """The epochs a checkpoint in `directory` holds for this run: 0 when none, or one of another run."""
+    """The epochs a checkpoint in `directory` holds for this run: 0 when none, or one of another run
+    (ResumableTraining discards that when training starts).
+
+    A checkpoint of this run is checked file by file before anything is restored: a damaged one
+    stops training with a FashionCnnError naming the file, instead of resuming from it.
+    """
     fingerprint_file = directory / FINGERPRINT_FILE
+    if not fingerprint_file.is_file():
+        return 0
+    hint = rebuild_hint(directory)
+    saved = records.read_text(fingerprint_file, hint).strip()
+    if not FINGERPRINT.fullmatch(saved):
+        if re.fullmatch(r"[0-9a-f]{1,63}", saved):
+            problem = f"truncated: {len(saved)} of a SHA-256 fingerprint's 64 hexadecimal digits"
+        else:
+            problem = f"corrupt: {saved[:20]!r} is not a SHA-256 fingerprint (64 hexadecimal digits)"
+        raise FashionCnnError(f"{fingerprint_file}: {problem}; {hint}")
     metadata_file = directory / KERAS_METADATA_FILE
-    if not (fingerprint_file.is_file() and metadata_file.is_file()):
+    if saved != run_fingerprint or not metadata_file.exists():
         return 0
-    if fingerprint_file.read_text() != run_fingerprint:
-        return 0
-    try:
-        return int(json.loads(metadata_file.read_text())["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
+    epochs = records.read_json_object(metadata_file, {"epoch": int}, hint)["epoch"]
+    if epochs < 1:
+        raise FashionCnnError(f"{metadata_file}: epoch {epochs} is not a completed epoch; {hint}")
+    state_file = directory / f"{STATE_FILE_PREFIX}{epochs:04d}.json"
+    if not state_file.is_file():
+        raise FashionCnnError(
+            f"{metadata_file}: says {epochs} epochs are done but {state_file.name} is missing (files of "
+            f"different runs or epochs); {hint}"
+        )
+    check_state(state_file, epochs, directory / KERAS_WEIGHTS_FILE, hint)
+    return epochs
+
+
+def check_state(state_file: Path, epochs: int, weights_file: Path, hint: str) -> None:
+    """A FashionCnnError unless the state file is the one written after `epochs` epochs together
+    with the weights file beside it (its SHA-256, when recorded, matches)."""
+    state = records.read_json_object(state_file, {"epoch": int, "rows": list, "random_states": dict}, hint)
+    if state["epoch"] != epochs or len(state["rows"]) != epochs:
+        raise FashionCnnError(
+            f"{state_file}: holds epoch {state['epoch']} with {len(state['rows'])} history rows where "
+            f"epoch {epochs} belongs (files of different runs or epochs); {hint}"
+        )
+    for name, value in state["random_states"].items():
+        if np.asarray(value).dtype.kind not in "iuf":
+            raise FashionCnnError(f"{state_file}: random state {name!r} is not numbers; {hint}")
+    if not weights_file.is_file():
+        raise FashionCnnError(f"{weights_file}: missing beside {state_file.name}; {hint}")
+    # A checkpoint written before the digest was recorded is resumed without this check.
+    recorded = state.get(WEIGHTS_DIGEST_KEY)
+    if recorded is not None and records.sha256(weights_file) != recorded:
+        size, saved_size = weights_file.stat().st_size, state.get(WEIGHTS_SIZE_KEY)
+        if size == 0:
+            problem = "empty file"
+        elif isinstance(saved_size, int) and size < saved_size:
+            problem = f"truncated or of another run ({size:,} of {saved_size:,} bytes)"
+        else:
+            problem = "corrupt or of another run"
+        raise FashionCnnError(
+            f"{weights_file}: {problem}: its SHA-256 differs from the one {state_file.name} recorded when "
+            f"it was saved; {hint}"
+        )
+
+
+def rebuild_hint(directory: Path) -> str:
+    """What to do about a damaged checkpoint: it is not a DVC output, so nothing restores it."""
+    return f"delete {directory} to train from the first epoch"
 
 
 def random_states(model: keras.Model) -> dict[str, keras.Variable]:
-    """The model's variables that are not weights: the SeedGenerator states of its dropout layers."""
+    """The model's variables that are not weights (the SeedGenerator states of its dropout layers),
+    by layer and variable name, e.g. '08_dropout/seed_generator_state'.
+
+    Not by the variable's path: Keras numbers SeedGenerators per process ('seed_generator_3/...'),
+    so a path depends on how many models the process built before.
+    """
     weight_ids = {id(weight) for weight in model.weights}
-    return {variable.path: variable for variable in model.variables if id(variable) not in weight_ids}
+    return {
+        f"{layer.name}/{variable.name}": variable
+        for layer in model.layers
+        for variable in layer.variables
+        if id(variable) not in weight_ids
+    }
 
 
 class ResumableTraining(keras.callbacks.BackupAndRestore):
@@ -81,8 +157,14 @@ class ResumableTraining(keras.callbacks.BackupAndRestore):
         self.report = report
         self.first_epoch = first_epoch  # where the input pipeline starts (completed_epochs)
 
+    # This class saves per epoch only: it keeps the base class's no-op batch hook, not BackupAndRestore's
+    # per-batch save check. Keras 3 reads `_is_default` on the hooks to decide whether batch callbacks
+    # may run off the training loop (CallbackList._configure_async_dispatch; the TensorFlow backend of
+    # Keras 3.15 runs them in the loop whatever the callbacks define).
+    on_train_batch_end = keras.callbacks.Callback.on_train_batch_end
+
     def state_file(self, completed_epochs: int) -> Path:
-        return self.directory / f"resume_state_{completed_epochs:04d}.json"
+        return self.directory / f"{STATE_FILE_PREFIX}{completed_epochs:04d}.json"
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         fingerprint_file = self.directory / FINGERPRINT_FILE
@@ -110,8 +192,11 @@ class ResumableTraining(keras.callbacks.BackupAndRestore):
         path = self.state_file(completed)
         try:
             state = json.loads(path.read_text())
+            saved = state["random_states"]
             for name, variable in random_states(self.model).items():
-                variable.assign(np.asarray(state["random_states"][name], dtype=variable.dtype))
+                # A checkpoint written before the names were by layer has them by path.
+                value = saved[name] if name in saved else saved[variable.path]
+                variable.assign(np.asarray(value, dtype=variable.dtype))
             rows = state["rows"]
         except (OSError, ValueError, KeyError) as error:
             raise FashionCnnError(
@@ -134,6 +219,8 @@ class ResumableTraining(keras.callbacks.BackupAndRestore):
                 "epoch": epoch + 1,
                 "rows": self.report.rows,
                 "random_states": {name: np.asarray(variable).tolist() for name, variable in states.items()},
+                WEIGHTS_DIGEST_KEY: records.sha256(self.directory / KERAS_WEIGHTS_FILE),
+                WEIGHTS_SIZE_KEY: (self.directory / KERAS_WEIGHTS_FILE).stat().st_size,
             }
             write_json_atomic(self.state_file(epoch + 1), state)
             # Keep this epoch's and the previous one's, as Keras keeps its files (double_checkpoint).

@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import yaml
 from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 
-from fashion_cnn import paths
+from fashion_cnn import paths, records
 from fashion_cnn.config import ProjectConfig, allowed_keys, to_plain_dict, unknown_key_message, validate
 from fashion_cnn.errors import ConfigError, FashionCnnError
 
@@ -48,14 +47,8 @@ def register_stage_config(root: Path) -> None:
 
 
 def check_params_file(path: Path) -> Any:
-    """Parse params.yaml before Hydra does, so a syntax error is one line with its line number."""
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
+    """Read params.yaml before Hydra does: a damaged file or a syntax error is one line naming it."""
+    return records.read_params_file(path, tuple(ProjectConfig.model_fields))
 
 
 def format_override_error(error: Exception, raw: Any) -> str:

@@ -3,6 +3,8 @@ as prepare saves them and train, evaluate and the figures load them."""
 
 from __future__ import annotations
 
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,18 +33,36 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
         np.savez(file, **arrays)
 
 
+# What the messages about a damaged file say to do.
+PREPARED_REBUILD = "restore it with `dvc checkout data/prepared` or rebuild it with `dvc repro prepare`"
+RAW_REBUILD = "restore it with `dvc checkout data/raw` or fetch it again with `dvc repro download`"
+
+
 def load_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Load named arrays from an .npz, naming the file when it is missing or lacks a key."""
+    """Load named arrays from a prepared .npz, naming the file when it is missing, damaged or lacks a key.
+
+    Reading an array through the zip archive checks it against the CRC-32 stored beside it, so
+    flipped bytes in an array read are found (zipfile raises BadZipFile "Bad CRC-32").
+    """
     if not path.is_file():
-        raise DataError(f"{path}: missing (run `dvc repro prepare` first)")
+        raise DataError(f"{path}: missing; {PREPARED_REBUILD}")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file; {PREPARED_REBUILD}")
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [key for key in keys if key not in archive.files]
             if missing:
-                raise DataError(f"{path}: missing arrays {missing} (has {archive.files})")
+                raise DataError(f"{path}: missing arrays {missing} (has {archive.files}); {PREPARED_REBUILD}")
             return {key: archive[key] for key in keys}
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path}: not a readable .npz file ({error})") from None
+    except zipfile.BadZipFile as error:
+        if "CRC" in str(error):
+            problem = f"corrupt: {error} (its bytes changed after it was written)"
+        else:
+            problem = f"truncated or not an .npz archive ({error})"
+        raise DataError(f"{path}: {problem}; {PREPARED_REBUILD}") from None
+    except (OSError, ValueError, EOFError) as error:
+        problem = f"corrupt: not a readable .npz archive ({error})"
+        raise DataError(f"{path}: {problem}; {PREPARED_REBUILD}") from None
 
 
 def check_split(split: Split, path: Path) -> Split:
@@ -50,14 +70,17 @@ def check_split(split: Split, path: Path) -> Split:
     images, labels = split.images, split.labels
     if images.dtype != np.float32 or images.ndim != 4 or images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE, 1):
         raise DataError(
-            f"{path}: images must be float32 of shape (count, 28, 28, 1), got {images.dtype} {images.shape}"
+            f"{path}: images must be float32 of shape (count, 28, 28, 1), got {images.dtype} "
+            f"{images.shape}; {PREPARED_REBUILD}"
         )
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-        raise DataError(f"{path}: {labels.shape} labels for {images.shape[0]} images")
+        raise DataError(f"{path}: {labels.shape} labels for {images.shape[0]} images; {PREPARED_REBUILD}")
+    if labels.dtype.kind not in "iu":
+        raise DataError(f"{path}: labels must be integers (uint8), got {labels.dtype}; {PREPARED_REBUILD}")
     if not np.isfinite(images).all():
-        raise DataError(f"{path}: images contain NaN or infinite values")
+        raise DataError(f"{path}: images contain NaN or infinite values; {PREPARED_REBUILD}")
     if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise DataError(f"{path}: labels outside 0..{NUM_CLASSES - 1}")
+        raise DataError(f"{path}: labels outside 0..{NUM_CLASSES - 1}; {PREPARED_REBUILD}")
     return split
 
 
@@ -69,9 +92,19 @@ def load_split(prepared_dir: Path, name: str) -> Split:
 
 
 def load_standardization(prepared_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The per-pixel mean and std (each (1, 28, 28)) of the training split."""
-    arrays = load_npz(prepared_dir / STATS_FILE, ("mean", "std"))
-    return arrays["mean"], arrays["std"]
+    """The per-pixel mean and std (each (1, 28, 28) float32, std > 0) of the training split."""
+    path = prepared_dir / STATS_FILE
+    arrays = load_npz(path, ("mean", "std"))
+    mean, std = arrays["mean"], arrays["std"]
+    expected = (1, IMAGE_SIDE, IMAGE_SIDE)
+    if any(array.dtype != np.float32 or array.shape != expected for array in (mean, std)):
+        raise DataError(
+            f"{path}: mean and std must be float32 of shape (1, 28, 28), got {mean.dtype} {mean.shape} "
+            f"and {std.dtype} {std.shape}; {PREPARED_REBUILD}"
+        )
+    if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+        raise DataError(f"{path}: mean and std must be finite and std above 0; {PREPARED_REBUILD}")
+    return mean, std
 
 
 # Added to the per-pixel std so that always-black border pixels do not divide by zero.
@@ -80,14 +113,28 @@ STD_EPSILON = 1e-7
 
 def load_raw(raw_dir: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
     """Images and labels of one raw split ('train' or 't10k'), checked for matching counts."""
-    images = load_images(raw_dir / f"{prefix}-images-idx3-ubyte.gz")
-    labels = load_labels(raw_dir / f"{prefix}-labels-idx1-ubyte.gz")
+    images = _load_raw_file(raw_dir / f"{prefix}-images-idx3-ubyte.gz", load_images)
+    labels = _load_raw_file(raw_dir / f"{prefix}-labels-idx1-ubyte.gz", load_labels)
     if len(images) != len(labels):
         raise DataError(
             f"{prefix}-images-idx3-ubyte.gz has {len(images)} images but "
-            f"{prefix}-labels-idx1-ubyte.gz has {len(labels)} labels"
+            f"{prefix}-labels-idx1-ubyte.gz has {len(labels)} labels (in {raw_dir}: files of different "
+            f"downloads?); {RAW_REBUILD}"
         )
     return images, labels
+
+
+def _load_raw_file(path: Path, loader: Callable[[Path], np.ndarray]) -> np.ndarray:
+    """One raw file through its idx loader; any problem names its path and how to fetch it again."""
+    if not path.is_file():
+        raise DataError(f"{path}: missing; {RAW_REBUILD}")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file; {RAW_REBUILD}")
+    try:
+        return loader(path)
+    except DataError as error:
+        # idx names the file by its name alone and knows nothing of the pipeline.
+        raise DataError(f"{path}: {str(error).removeprefix(f'{path.name}: ')}; {RAW_REBUILD}") from None
 
 
 def split_and_standardize(

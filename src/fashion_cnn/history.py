@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
 
+from fashion_cnn import records
 from fashion_cnn.atomic import write_text_atomic
 from fashion_cnn.errors import DataError
 
@@ -28,19 +30,42 @@ def write_history(path: Path, rows: list[dict[str, float]]) -> None:
     write_text_atomic(path, buffer.getvalue())
 
 
+# history.csv is not in DVC's cache (a plot with cache: false): only training writes it again.
+REBUILD = "rebuild it with `dvc repro train` (it trains again)"
+# The columns that hold a fraction of the images.
+FRACTION_COLUMNS = ("accuracy", "val_accuracy")
+
+
 def read_history(path: Path) -> list[dict[str, float]]:
-    """The rows of a history file as floats, checked for the columns the curves need."""
-    if not path.is_file():
-        raise DataError(f"{path}: missing (run `dvc repro train` first)")
-    with open(path, newline="") as file:
-        reader = csv.DictReader(file)
-        missing = [column for column in CURVE_COLUMNS if column not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path}: missing columns {missing} (has {reader.fieldnames})")
-        try:
-            rows = [{column: float(row[column]) for column in CURVE_COLUMNS} for row in reader]
-        except (TypeError, ValueError) as error:
-            raise DataError(f"{path}: line {reader.line_num}: not a number ({error})") from None
+    """The rows of a history file as floats, checked for the columns the curves need and for damage:
+    a last line cut short, a value that is not a number, epochs that do not count 1, 2, ..."""
+    text = records.read_text(path, REBUILD)
+    if not text.endswith("\n"):
+        # write_history ends every line with a newline: a file without one was cut short.
+        raise DataError(f"{path}: truncated: its last line is incomplete; {REBUILD}")
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [column for column in CURVE_COLUMNS if column not in (reader.fieldnames or [])]
+    if missing:
+        raise DataError(f"{path}: missing columns {missing} (has {reader.fieldnames}); {REBUILD}")
+    try:
+        rows = [{column: float(row[column]) for column in CURVE_COLUMNS} for row in reader]
+    except (TypeError, ValueError) as error:
+        raise DataError(f"{path}: line {reader.line_num}: not a number ({error}); {REBUILD}") from None
     if not rows:
-        raise DataError(f"{path}: no epochs recorded")
+        raise DataError(f"{path}: no epochs recorded; {REBUILD}")
+    for line, row in enumerate(rows, start=2):
+        problem = _row_problem(row, expected_epoch=line - 1)
+        if problem:
+            raise DataError(f"{path}: line {line}: {problem}; {REBUILD}")
     return rows
+
+
+def _row_problem(row: dict[str, float], expected_epoch: int) -> str:
+    """What is impossible in one row of a history, or ''."""
+    if row["epoch"] != expected_epoch:
+        return f"epoch {row['epoch']:g} where epoch {expected_epoch} belongs (rows lost or mixed up)"
+    for column, value in row.items():
+        if not math.isfinite(value) or value < 0 or (column in FRACTION_COLUMNS and value > 1):
+            allowed = "0..1" if column in FRACTION_COLUMNS else "a finite number >= 0"
+            return f"{column} = {value:g} is not {allowed}"
+    return ""

@@ -7,9 +7,10 @@ started with: its MLflow run and experiment come from mlflow_run.json, its setti
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
+import re
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,27 +19,81 @@ from typing import Any
 import mlflow
 import yaml
 
-from fashion_cnn import paths, tracking
+from fashion_cnn import paths, records, tracking
 from fashion_cnn.config import ProjectConfig, flatten, validate
 from fashion_cnn.errors import ConfigError, DataError
+from fashion_cnn.idx import IMAGE_SIDE, NUM_CLASSES
+from fashion_cnn.model import count_parameters
 
 log = logging.getLogger(__name__)
 
-REBUILD_HINT = "run `dvc repro train` (or `dvc checkout data/model`)"
+REBUILD_HINT = "restore it with `dvc checkout data/model` or rebuild it with `dvc repro train`"
 # The config keys that decide what a trained model is; data.* and tracking.* may differ freely.
 DECISIVE_SECTIONS = ("seed", "model", "train")
+# What every Fashion-MNIST model takes (one image, no batch axis) and gives (one score per class).
+INPUT_SHAPE = (IMAGE_SIDE, IMAGE_SIDE, 1)
+# MLflow's run ids: 32 lowercase hexadecimal digits.
+RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def load_model(path: Path) -> Any:  # -> keras.Model (keras is imported lazily: it is slow to import)
-    """Load a trained model in Keras safe mode: a .keras file cannot run code stored in it."""
+    """Load a trained model in Keras safe mode: a .keras file cannot run code stored in it.
+
+    The archive is checked first (every member against its CRC-32), the model after: it must take
+    (28, 28, 1) images and give 10 scores, and, beside the train stage's config.yaml (data/model/),
+    be the model that config describes.
+    """
     import keras
 
     if not path.is_file():
-        raise DataError(f"{path}: missing ({REBUILD_HINT})")
+        raise DataError(f"{path}: missing; {REBUILD_HINT}")
+    check_archive(path)
     try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as error:
         raise DataError(f"{path}: not a loadable Keras model ({error}); {REBUILD_HINT}") from None
+    inputs, outputs = tuple(model.input_shape[1:]), tuple(model.output_shape[1:])
+    if inputs != INPUT_SHAPE or outputs != (NUM_CLASSES,):
+        raise DataError(
+            f"{path}: not a Fashion-MNIST model: it takes {inputs} and gives {outputs}, where one takes "
+            f"{INPUT_SHAPE} and gives ({NUM_CLASSES},); {REBUILD_HINT}"
+        )
+    config_file = path.parent / "config.yaml"
+    trained = _project_config(config_file)
+    if trained is not None:
+        expected = (trained.model.name, count_parameters(trained.model))
+        if (model.name, model.count_params()) != expected:
+            raise DataError(
+                f"{path}: another model than {config_file} describes: {model.name!r} with "
+                f"{model.count_params():,} parameters, not {expected[0]!r} with {expected[1]:,} "
+                f"(the two files are of different runs); {REBUILD_HINT}"
+            )
+    return model
+
+
+def check_archive(path: Path) -> None:
+    """A DataError unless `path` is a complete zip archive whose members all pass their CRC-32 check."""
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: not a loadable Keras model: empty file; {REBUILD_HINT}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:
+        problem = "truncated or not a .keras (zip) archive" if "zip file" in str(error) else "corrupt"
+        raise DataError(f"{path}: not a loadable Keras model: {problem} ({error}); {REBUILD_HINT}") from None
+    if damaged is not None:
+        raise DataError(
+            f"{path}: not a loadable Keras model: corrupt: {damaged} in it fails its CRC-32 check (its "
+            f"bytes changed after it was saved); {REBUILD_HINT}"
+        )
+
+
+def _project_config(path: Path) -> ProjectConfig | None:
+    """The config in `path` if it is a readable config of this project, else None (no check then)."""
+    try:
+        return validate(yaml.safe_load(path.read_text()))
+    except (OSError, ValueError, yaml.YAMLError, ConfigError, TypeError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -51,26 +106,57 @@ class TrainingRun:
 
 
 def read_training_run(project: paths.ProjectPaths) -> TrainingRun:
-    """The recorded run, or a DataError naming the file."""
+    """The recorded run, or a DataError naming the file and what is wrong with it."""
     path = project.run_info_file
-    try:
-        record = json.loads(path.read_text())
-        return TrainingRun(str(record["run_id"]), str(record["experiment_id"]), str(record["tracking_uri"]))
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing ({REBUILD_HINT})") from None
-    except (ValueError, KeyError, TypeError) as error:
-        raise DataError(f"{path}: not a run record ({error!r}); {REBUILD_HINT}") from None
+    record = records.read_json_object(
+        path, {"run_id": str, "experiment_id": str, "tracking_uri": str}, REBUILD_HINT
+    )
+    if not RUN_ID.fullmatch(record["run_id"]):
+        raise DataError(
+            f"{path}: run_id {record['run_id']!r:.60} is not an MLflow run id (32 hexadecimal digits); "
+            f"{REBUILD_HINT}"
+        )
+    empty = [key for key in ("experiment_id", "tracking_uri") if not record[key].strip()]
+    if empty:
+        raise DataError(f"{path}: {' and '.join(empty)} empty; {REBUILD_HINT}")
+    return TrainingRun(record["run_id"], record["experiment_id"], record["tracking_uri"])
 
 
 def read_trained_config(project: paths.ProjectPaths) -> ProjectConfig:
     """The validated config the model was trained with (data/model/config.yaml)."""
     path = project.model_dir / "config.yaml"
+    text = records.read_text(path, REBUILD_HINT)
+    if not text.endswith("\n"):
+        # save_resolved ends the YAML with a newline: a file without one was cut short.
+        raise DataError(f"{path}: truncated: its last line is incomplete; {REBUILD_HINT}")
+    trained = records.parse_yaml(text, path, REBUILD_HINT)
+    if not isinstance(trained, dict):
+        raise DataError(
+            f"{path}: expected the mapping save_resolved writes, got {records.kind(trained)}; {REBUILD_HINT}"
+        )
     try:
-        return validate(yaml.safe_load(path.read_text()))
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing ({REBUILD_HINT})") from None
-    except (yaml.YAMLError, ConfigError, TypeError) as error:
-        raise DataError(f"{path}: not the config of a trained model ({error}); {REBUILD_HINT}") from None
+        return validate(trained)
+    except ConfigError as error:
+        reason = str(error).removeprefix("invalid params: ")
+        problem = "incomplete" if reason.startswith("missing key") else "not the config of a trained model"
+        raise DataError(f"{path}: {problem} ({reason}); {REBUILD_HINT}") from None
+
+
+def check_run_matches(run: Any, trained: ProjectConfig, project: paths.ProjectPaths) -> None:
+    """A DataError when the recorded MLflow run logged other decisive params than config.yaml holds.
+
+    The run's params are the train stage's config (tracking.log_config); a run without them (not
+    logged by train) is not compared.
+    """
+    logged = run.data.params
+    for key, value in flatten(trained).items():
+        expected = str(value)[: tracking.MAX_PARAM_LENGTH]
+        if key.startswith(DECISIVE_SECTIONS) and key in logged and logged[key] != expected:
+            raise DataError(
+                f"{project.run_info_file}: MLflow run {run.info.run_id} trained another model than "
+                f"{project.model_dir / 'config.yaml'} describes ({key} = {logged[key]!r:.60} there, "
+                f"{expected!r:.60} in config.yaml: the files are of different runs); {REBUILD_HINT}"
+            )
 
 
 def contradiction(current: ProjectConfig, trained: ProjectConfig) -> str:
@@ -122,6 +208,7 @@ def model_run(project: paths.ProjectPaths, config: ProjectConfig, stage: str) ->
             mlflow.set_tag("train_run_id", recorded.run_id)
             yield new_run
         return
+    check_run_matches(run, trained_config, project)
     experiment_name = mlflow.get_experiment(run.info.experiment_id).name
     with tracking.stage_run(
         project, trained_config, stage, "", experiment_name, [], run_id=recorded.run_id

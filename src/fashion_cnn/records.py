@@ -1,0 +1,135 @@
+"""Reading the small text files the stages leave for each other (JSON, YAML, CSV, plain text).
+
+Each reader names the file, what is wrong with it (missing, empty, not UTF-8 text, cut short,
+unparseable) and the command that makes it again (`rebuild`), in one DataError line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fashion_cnn.errors import ConfigError, DataError
+
+
+def read_text(path: Path, rebuild: str) -> str:
+    """The file's text; a DataError when it is missing, empty or not UTF-8 (bytes flipped on disk)."""
+    try:
+        content = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; {rebuild}") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot be read ({error.strerror}); {rebuild}") from None
+    if not content.strip():
+        raise DataError(f"{path}: empty file; {rebuild}")
+    try:
+        return content.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{path}: corrupt: not UTF-8 text (byte 0x{content[error.start]:02x} at offset {error.start}); "
+            f"{rebuild}"
+        ) from None
+
+
+def parse_json(text: str, path: Path, rebuild: str) -> Any:
+    """The JSON document in `text`; a DataError telling a cut-short file from a garbled one."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        # What the project writes is an object or a list: a complete one ends with its bracket.
+        if error.pos >= len(text.rstrip()) or not text.rstrip().endswith(("}", "]")):
+            raise DataError(f"{path}: truncated JSON (it ends before the document does); {rebuild}") from None
+        raise DataError(
+            f"{path}: corrupt: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); "
+            f"{rebuild}"
+        ) from None
+
+
+def parse_yaml(text: str, path: Path, rebuild: str) -> Any:
+    """The YAML document in `text` (safe loader); a DataError with the line number where it breaks."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        # A file cut short mostly ends in the middle of a line, where the YAML breaks.
+        if mark and mark.line >= text.count("\n") and not text.endswith("\n"):
+            problem += "; its last line has no end: truncated?"
+        raise DataError(f"{path}{where}: not valid YAML ({problem}); {rebuild}") from None
+
+
+def read_json(path: Path, rebuild: str) -> Any:
+    """read_text, then parse_json."""
+    return parse_json(read_text(path, rebuild), path, rebuild)
+
+
+def read_json_object(path: Path, keys: dict[str, type | tuple[type, ...]], rebuild: str) -> dict[str, Any]:
+    """A JSON object holding at least `keys`, each of its type (bool is not an int here)."""
+    record = read_json(path, rebuild)
+    if not isinstance(record, dict):
+        raise DataError(
+            f"{path}: expected a JSON object with {', '.join(keys)}, got {kind(record)}; {rebuild}"
+        )
+    for key, expected in keys.items():
+        if key not in record:
+            raise DataError(
+                f"{path}: incomplete: no {key!r} (has {', '.join(record) or 'nothing'}); {rebuild}"
+            )
+        value = record[key]
+        if not isinstance(value, expected) or (isinstance(value, bool) and bool not in _types(expected)):
+            names = " or ".join(item.__name__ for item in _types(expected))
+            raise DataError(f"{path}: {key!r} must be {names}, got {kind(value)} {value!r:.60}; {rebuild}")
+    return record
+
+
+def _types(expected: type | tuple[type, ...]) -> tuple[type, ...]:
+    return expected if isinstance(expected, tuple) else (expected,)
+
+
+def kind(value: Any) -> str:
+    """A value's type as a reader would say it: 'a list', 'an int', 'nothing'."""
+    if value is None:
+        return "nothing"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+PARAMS_REBUILD = "fix it, or restore it with `git checkout params.yaml`"
+
+
+def read_params_file(path: Path, sections: tuple[str, ...]) -> dict[str, Any]:
+    """params.yaml as a mapping holding every top-level section, before Hydra composes it.
+
+    A params.yaml without a section is one cut short or mangled (the file always holds them all:
+    tests/test_config.py keeps it in step with conf/config.yaml), so it is refused by its name here,
+    not as the composed config's missing keys. Problems are ConfigErrors: params are the user's input.
+    """
+    try:
+        params = parse_yaml(read_text(path, PARAMS_REBUILD), path, PARAMS_REBUILD)
+    except DataError as error:
+        raise ConfigError(str(error)) from None
+    if not isinstance(params, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of {', '.join(sections)}, got {kind(params)}; {PARAMS_REBUILD}"
+        )
+    missing = [section for section in sections if section not in params]
+    if missing:
+        raise ConfigError(
+            f"{path}: incomplete (truncated?): no section {', '.join(repr(name) for name in missing)}; "
+            f"{PARAMS_REBUILD}"
+        )
+    return params
