@@ -22,7 +22,7 @@ from fashion_cnn.data import Split
 from fashion_cnn.tools import sweep_report
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESET_EXPERIMENT = "cpu_15min"
+PRESET_EXPERIMENT = "small_vgg_one_cycle"
 PRESET_MODEL = "small_vgg"
 SOFTMAX_OUTPUT = {"type": "dense", "units": 10, "activation": "softmax"}
 # One of each new layer type, with a projecting and an identity residual block.

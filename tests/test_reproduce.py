@@ -22,7 +22,7 @@ def write_metrics(path: Path, payload: object) -> Path:
 
 
 def test_the_quick_profile_has_a_committed_accuracy():
-    assert 0.0 < reproduce.read_accuracy(ROOT / reproduce.PROFILES["quick"]["baseline"]) <= 1.0
+    assert 0.0 < reproduce.read_accuracy(ROOT / reproduce.BASELINES["quick"]) <= 1.0
 
 
 @pytest.mark.parametrize(
@@ -80,3 +80,12 @@ def test_quick_profile_reproduces_its_committed_accuracy():
     assert "Running stage 'evaluate'" in result.stdout
     assert "test.accuracy" in result.stdout  # the printed `dvc metrics diff`
     assert ": reproduced" in result.stdout
+
+
+def test_the_recipe_profile_is_the_race_winner_of_conf_race_yaml():
+    from fashion_cnn import race_report
+
+    winner = race_report.load_race_config(ROOT).winner
+    assert reproduce.profile_overrides(ROOT, "recipe") == [f"experiment={winner}"]
+    assert reproduce.profile_overrides(ROOT, "quick") == ["experiment=quick"]
+    assert reproduce.profile_overrides(ROOT, "default") == []

@@ -1,0 +1,154 @@
+"""The race (make race): conf/race.yaml, the time arithmetic, the winner's choice, the report and the
+presets it races, including the large-batch gpu preset and the GPU check's verdicts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from benchmarks.gpu_checks import gpu_checks
+from fashion_cnn import race_report, recipe
+from fashion_cnn.errors import FashionCnnError
+
+ROOT = Path(__file__).resolve().parents[1]
+# What runtime.read_back logs on this CPU for the gpu preset, and on a GPU.
+CPU_RUN = {
+    "runtime.device": "CPU",
+    "runtime.jit_compile": "True",
+    "runtime.dtype_policy": "float32",
+    "runtime.output_dtype": "float32",
+    "runtime.global_batch_size": "512",
+}
+GPU_RUN = CPU_RUN | {"runtime.device": "GPU", "runtime.dtype_policy": "mixed_float16"}
+
+
+def row(preset: str, val: float, test: float, ratio: float, batch: int = 128) -> dict:
+    return {
+        "preset": preset,
+        "val_accuracy": val,
+        "test_accuracy": test,
+        "time_ratio": ratio,
+        "batch_size": batch,
+    }
+
+
+def copy_conf(tmp_path: Path) -> Path:
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    return tmp_path
+
+
+def test_the_race_config_names_presets_that_exist() -> None:
+    race = race_report.load_race_config(ROOT)
+    assert race.winner in race.presets and race.sweep_base in race.presets
+    assert race.budget_ratio == 0.2 and race.target_accuracy == 0.94
+
+
+@pytest.mark.reliability(
+    case="conf/race.yaml names a preset that does not exist",
+    sees="one line naming it and the presets there are",
+)
+def test_a_missing_preset_is_named(tmp_path: Path) -> None:
+    root = copy_conf(tmp_path)
+    path = root / "conf" / "race.yaml"
+    path.write_text(path.read_text().replace("  - gpu\n", "  - gpu_fast\n"))
+    with pytest.raises(FashionCnnError, match=r"no preset gpu_fast in conf/experiment/ \(there are: .*quick"):
+        race_report.load_race_config(root)
+
+
+@pytest.mark.reliability(
+    case="conf/race.yaml with an unknown key", sees="one line naming the file and the key"
+)
+def test_an_unknown_key_is_named(tmp_path: Path) -> None:
+    root = copy_conf(tmp_path)
+    path = root / "conf" / "race.yaml"
+    path.write_text(path.read_text() + "budget_minutes: 15\n")
+    with pytest.raises(FashionCnnError, match="race.yaml: invalid.*budget_minutes") as raised:
+        race_report.load_race_config(root)
+    assert "\n" not in str(raised.value)
+
+
+def test_the_seed_recipe_is_extrapolated_from_its_last_timed_epoch() -> None:
+    # 2 epochs timed (the first traces the graph): 300 s for both, then 8 more at the second's pace.
+    assert race_report.seed_train_seconds(300.0, [160.0, 140.0], 10) == 300.0 + 8 * 140.0
+    assert race_report.seed_train_seconds(1500.0, [150.0] * 10, 10) == 1500.0
+    with pytest.raises(FashionCnnError):
+        race_report.seed_train_seconds(300.0, [], 10)
+
+
+def test_the_winner_is_chosen_on_validation_accuracy_within_the_budget() -> None:
+    rows = [
+        row("fast", val=0.920, test=0.930, ratio=0.15),
+        row("better_on_validation", val=0.925, test=0.915, ratio=0.19),
+        row("too_slow", val=0.950, test=0.950, ratio=0.30),
+    ]
+    assert race_report.choose_winner(rows, 0.2) == "better_on_validation"
+    assert race_report.choose_winner(rows[2:], 0.2) is None
+
+
+def test_the_verdicts_need_both_accuracy_and_time() -> None:
+    race = race_report.load_race_config(ROOT)
+    assert race_report.verdicts([row("a", 0.95, 0.941, 0.21), row("b", 0.9, 0.90, 0.1, batch=512)], race) == {
+        "target_within_budget": False,
+        "large_batch_keeps_accuracy": False,
+    }
+    assert race_report.verdicts([row("a", 0.95, 0.94, 0.2), row("b", 0.9, 0.905, 0.3, batch=256)], race) == {
+        "target_within_budget": True,
+        "large_batch_keeps_accuracy": True,
+    }
+
+
+def test_the_report_is_written_as_json_and_a_readable_figure(tmp_path: Path, png_check) -> None:
+    seed = {"test_accuracy": 0.9012, "train_seconds": 1500.0, "epochs_timed": 2, "epochs": 10}
+    run = {
+        "batch_size": 128, "epochs": 5, "test_accuracy": 0.9164, "val_accuracy": 0.9238,
+        "train_seconds": 290.0, "ran_as": {"device": "CPU"}, "mlflow_run_id": "0" * 32,
+    }  # fmt: skip
+    rows = [race_report.preset_row("small_vgg_one_cycle", run, seed["train_seconds"])]
+    assert rows[0]["time_ratio"] == round(290 / 1500, 3) and rows[0]["seed_train_seconds"] == 1500.0
+    report = {
+        "date": "2026-11-30", "machine": {"cpu_model": "AMD EPYC", "logical_cpus": 2},
+        "config": race_report.load_race_config(ROOT).model_dump(), "seed": seed, "rows": rows,
+    }  # fmt: skip
+    race_report.write_report(tmp_path, report)
+    assert json.loads((tmp_path / race_report.RACE_JSON).read_text()) == report
+    png_check(tmp_path / race_report.RACE_FIGURE)
+
+
+def test_the_gpu_preset_is_large_batch_xla_nondeterministic_and_divides_its_epoch(make_config) -> None:
+    gpu = make_config("experiment=gpu")
+    assert gpu.train.batch_size >= race_report.LARGE_BATCH
+    assert gpu.train.validation_batch_size == 1000
+    assert (gpu.train.jit_compile, gpu.train.deterministic, gpu.train.mixed_precision) == (
+        "on",
+        False,
+        "auto",
+    )
+    # Its learning rate is scaled up from the recipe it enlarges, with warm-up.
+    base = make_config("experiment=small_vgg_one_cycle")
+    assert gpu.train.learning_rate > base.train.learning_rate and gpu.train.schedule.name == "one_cycle"
+    steps = recipe.steps_per_epoch(60000 - gpu.data.validation_size, gpu.train.batch_size)
+    recipe.check_steps_per_execution(steps, gpu.train.steps_per_execution)
+
+
+def test_the_seed_recipe_stays_the_default(make_config) -> None:
+    default = make_config()
+    assert (default.model.name, default.train.optimizer, default.train.batch_size) == (
+        "seed_cnn",
+        "nadam",
+        32,
+    )
+    assert (default.train.epochs, default.train.mixed_precision) == (10, "none")
+
+
+def test_the_gpu_check_fails_a_cpu_run_and_passes_a_gpu_run() -> None:
+    on_cpu = gpu_checks(CPU_RUN, 0.91, 0.905)
+    assert [what for what, passed in on_cpu.items() if not passed] == [
+        "GPU visible and used (runtime.device)",
+        "dtype policy mixed_float16 (runtime.dtype_policy)",
+    ]
+    assert all(gpu_checks(GPU_RUN, 0.91, 0.905).values())
+    assert not all(gpu_checks(GPU_RUN, 0.90, 0.905).values())
+    assert not all(gpu_checks(GPU_RUN | {"runtime.jit_compile": "False"}, 0.91, 0.905).values())
