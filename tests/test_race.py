@@ -152,3 +152,33 @@ def test_the_gpu_check_fails_a_cpu_run_and_passes_a_gpu_run() -> None:
     assert all(gpu_checks(GPU_RUN, 0.91, 0.905).values())
     assert not all(gpu_checks(GPU_RUN, 0.90, 0.905).values())
     assert not all(gpu_checks(GPU_RUN | {"runtime.jit_compile": "False"}, 0.91, 0.905).values())
+
+
+def test_training_callbacks_convert_no_batch_logs(make_config, tmp_path: Path, monkeypatch) -> None:
+    """Keras converts every step's logs to numbers (a host sync) before calling batch hooks; the
+    project's callback list must not, and its callbacks must work without them."""
+    import keras
+    import tensorflow as tf
+    from keras.src.utils import python_utils
+
+    from fashion_cnn import checkpoint, training
+
+    config = make_config("experiment=gpu")
+    report = training.EpochReport(config.train.epochs, log_to_mlflow=False)
+    progress = training.ProgressReport(config.train.epochs, 108, config.train.batch_size)
+    callbacks = [progress, report, checkpoint.ResumableTraining(tmp_path, "fingerprint", report, 0)]
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    callback_list = training.BatchHooksWithoutLogs(
+        callbacks, add_history=True, epochs=1, steps=108, model=model
+    )
+    converted = []
+    original = python_utils.pythonify_logs
+    monkeypatch.setattr(python_utils, "pythonify_logs", lambda logs: converted.append(logs) or original(logs))
+    progress.on_epoch_begin(0)
+    step_logs = {"loss": tf.constant(0.5)}
+    callback_list.on_train_batch_end(0, step_logs)
+    callback_list.on_test_batch_end(0, step_logs)
+    assert converted == []
+    # Keras's own list converts them: the check above can fail.
+    keras.callbacks.CallbackList(callbacks, model=model).on_train_batch_end(0, step_logs)
+    assert converted == [step_logs]

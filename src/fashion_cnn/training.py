@@ -112,6 +112,23 @@ class ProgressReport(keras.callbacks.Callback):
         self.progress.update(step, f"run ETA {progress.duration(run_left)}")
 
 
+class BatchHooksWithoutLogs(keras.callbacks.CallbackList):
+    """Keras's callback list, except that batch hooks get no logs.
+
+    With TensorFlow, Keras converts every step's logs to Python numbers before it calls any batch
+    hook, which waits for the device to finish the step (a host sync per step, or per
+    steps_per_execution). None of the project's batch hooks reads them, so none is converted.
+    """
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        for callback in self.callbacks:
+            callback.on_train_batch_end(batch, logs=None)
+
+    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        for callback in self.callbacks:
+            callback.on_test_batch_end(batch, logs=None)
+
+
 def fit(
     config: ProjectConfig,
     train_split: Split,
@@ -157,7 +174,9 @@ def fit(
         **recipe.fit_arguments(config, train_split, validation_split, batch_size, first_epoch),
         epochs=config.train.epochs,
         verbose=0,
-        callbacks=callbacks,
+        callbacks=BatchHooksWithoutLogs(
+            callbacks, add_history=True, epochs=config.train.epochs, steps=steps_per_epoch, model=model
+        ),
     )
     # The saved and logged model keeps stock Keras objects only (not the cross-entropy metric's
     # function), so any Keras loader, MLflow's included, reads it without this package.
