@@ -107,6 +107,8 @@ class Case:
     opens_run: bool = False
     # Runs again as its own `python -m fashion_cnn.stages.<stage>` process.
     subprocess: bool = False
+    # The case in plain words, for docs/reliability.md.
+    what: str = ""
 
 
 ALLOWED_TOP_LEVEL = "allowed here: data, model, seed, tracking, train"
@@ -121,71 +123,153 @@ BATCH_SIZE_LINE = (Path(__file__).resolve().parents[1] / "params.yaml").read_tex
 # data, no sources, unparseable YAML; plus a GPU asked for where there is none.
 BAD_PARAMS = {
     "typo-top-level-key": Case(
-        "train", ("trian.epochs=3",), ("unknown key 'trian.epochs'", ALLOWED_TOP_LEVEL), subprocess=True
+        "train",
+        ("trian.epochs=3",),
+        ("unknown key 'trian.epochs'", ALLOWED_TOP_LEVEL),
+        subprocess=True,
+        what="typo in a top-level key (trian.epochs=3)",
     ),
     "typo-layer-key": Case(
-        "train", ("model.layers.0.filter=3",), ("unknown key 'model.layers.0.filter'", "filters, kernel_size")
+        "train",
+        ("model.layers.0.filter=3",),
+        ("unknown key 'model.layers.0.filter'", "filters, kernel_size"),
+        what="typo in a layer's key (model.layers.0.filter=3)",
     ),
-    "typo-added-key": Case("train", ("+train.epoch=3",), ("unknown key 'train.epoch'", "epochs")),
+    "typo-added-key": Case(
+        "train",
+        ("+train.epoch=3",),
+        ("unknown key 'train.epoch'", "epochs"),
+        what="typo in an added key (+train.epoch=3)",
+    ),
     "typo-in-params-yaml": Case(
-        "train", (), ("unknown key 'train.epoch'", "epochs"), replace_in_params("  epochs: 10", "  epoch: 10")
+        "train",
+        (),
+        ("unknown key 'train.epoch'", "epochs"),
+        replace_in_params("  epochs: 10", "  epoch: 10"),
+        what="typo in a key of params.yaml (epoch: 10)",
     ),
-    "wrong-type-integer": Case("train", ("train.epochs=ten",), ("train.epochs = 'ten'", "valid integer")),
+    "wrong-type-integer": Case(
+        "train",
+        ("train.epochs=ten",),
+        ("train.epochs = 'ten'", "valid integer"),
+        what="text where an integer belongs (train.epochs=ten)",
+    ),
     "wrong-type-float-for-integer": Case(
-        "train", ("train.batch_size=32.5",), ("train.batch_size = 32.5", "valid integer")
+        "train",
+        ("train.batch_size=32.5",),
+        ("train.batch_size = 32.5", "valid integer"),
+        what="a fraction where an integer belongs (train.batch_size=32.5)",
     ),
     "wrong-type-boolean": Case(
-        "train", ("train.deterministic=maybe",), ("train.deterministic = 'maybe'", "valid boolean")
+        "train",
+        ("train.deterministic=maybe",),
+        ("train.deterministic = 'maybe'", "valid boolean"),
+        what="neither true nor false (train.deterministic=maybe)",
     ),
-    "wrong-type-list": Case("train", ("model.input_shape=28",), ("model.input_shape = 28", "valid list")),
+    "wrong-type-list": Case(
+        "train",
+        ("model.input_shape=28",),
+        ("model.input_shape = 28", "valid list"),
+        what="a number where a list belongs (model.input_shape=28)",
+    ),
     "filters-zero": Case(
-        "train", ("model.layers.0.filters=0",), ("model.layers.0.filters = 0", "greater than 0")
+        "train",
+        ("model.layers.0.filters=0",),
+        ("model.layers.0.filters = 0", "greater than 0"),
+        what="a convolution with 0 filters",
     ),
     "kernel-size-negative": Case(
-        "train", ("model.layers.2.kernel_size=-3",), ("model.layers.2.kernel_size = -3", "greater than 0")
+        "train",
+        ("model.layers.2.kernel_size=-3",),
+        ("model.layers.2.kernel_size = -3", "greater than 0"),
+        what="a negative kernel size",
     ),
-    "units-zero": Case("train", ("model.layers.9.units=0",), ("model.layers.9.units = 0", "greater than 0")),
-    "batch-size-zero": Case("train", ("train.batch_size=0",), ("train.batch_size = 0", "greater than 0")),
-    "epochs-negative": Case("train", ("train.epochs=-1",), ("train.epochs = -1", "greater than 0")),
+    "units-zero": Case(
+        "train",
+        ("model.layers.9.units=0",),
+        ("model.layers.9.units = 0", "greater than 0"),
+        what="a dense layer with 0 units",
+    ),
+    "batch-size-zero": Case(
+        "train", ("train.batch_size=0",), ("train.batch_size = 0", "greater than 0"), what="batch size 0"
+    ),
+    "epochs-negative": Case(
+        "train",
+        ("train.epochs=-1",),
+        ("train.epochs = -1", "greater than 0"),
+        what="a negative number of epochs",
+    ),
     "dropout-one": Case(
-        "train", ("model.layers.10.rate=1.0",), ("model.layers.10.rate = 1.0", "less than 1")
+        "train",
+        ("model.layers.10.rate=1.0",),
+        ("model.layers.10.rate = 1.0", "less than 1"),
+        what="dropout rate 1.0",
     ),
     "dropout-negative": Case(
-        "train", ("model.layers.12.rate=-0.1",), ("model.layers.12.rate = -0.1", "greater than or equal to 0")
+        "train",
+        ("model.layers.12.rate=-0.1",),
+        ("model.layers.12.rate = -0.1", "greater than or equal to 0"),
+        what="a negative dropout rate",
     ),
     "activation": Case(
         "train",
         ("model.layers.9.activation=relu6",),
         ("model.layers.9.activation = 'relu6'", "'relu', 'elu'"),
+        what="an unknown activation (relu6)",
     ),
     "padding": Case(
-        "train", ("model.layers.0.padding=full",), ("model.layers.0.padding = 'full'", "'same' or 'valid'")
+        "train",
+        ("model.layers.0.padding=full",),
+        ("model.layers.0.padding = 'full'", "'same' or 'valid'"),
+        what="an unknown padding (full)",
     ),
     "optimizer": Case(
         "train",
         ("train.optimizer=adamw",),
         ("train.optimizer = 'adamw'", "'nadam', 'adam', 'sgd' or 'rmsprop'"),
+        what="an unknown optimizer (adamw)",
     ),
     "layer-type": Case(
-        "train", ("model.layers.1.type=pool",), ("model.layers.1.type = 'pool'", "max_pool, avg_pool")
+        "train",
+        ("model.layers.1.type=pool",),
+        ("model.layers.1.type = 'pool'", "max_pool, avg_pool"),
+        what="an unknown layer type (pool)",
     ),
-    "model-preset": Case("train", ("model=resnet",), ("model=resnet", "lenet5, seed_cnn, small_cnn")),
+    "model-preset": Case(
+        "train",
+        ("model=resnet",),
+        ("model=resnet", "lenet5, seed_cnn, small_cnn"),
+        what="an unknown model preset (model=resnet)",
+    ),
     "pooling-shrinks-to-zero": Case(
-        "train", ("model.layers.1.pool_size=29",), ("model.layers.1.pool_size = 29", "28x28 input to 0x0")
+        "train",
+        ("model.layers.1.pool_size=29",),
+        ("model.layers.1.pool_size = 29", "28x28 input to 0x0"),
+        what="pooling that shrinks the image to nothing",
     ),
     "valid-convolution-shrinks-to-zero": Case(
         "train",
         ("model=lenet5", "model.layers.2.kernel_size=15"),
         ("model.layers.2.kernel_size = 15", "to 0x0"),
+        what="a 'valid' convolution that shrinks the image to nothing",
     ),
     "learning-rate-zero": Case(
-        "train", ("train.learning_rate=0",), ("train.learning_rate = 0", "greater than 0")
+        "train",
+        ("train.learning_rate=0",),
+        ("train.learning_rate = 0", "greater than 0"),
+        what="learning rate 0",
     ),
     "learning-rate-negative": Case(
-        "train", ("train.learning_rate=-0.001",), ("train.learning_rate = -0.001", "greater than 0")
+        "train",
+        ("train.learning_rate=-0.001",),
+        ("train.learning_rate = -0.001", "greater than 0"),
+        what="a negative learning rate",
     ),
     "validation-size-zero": Case(
-        "prepare", ("data.validation_size=0",), ("data.validation_size = 0", "greater than 0")
+        "prepare",
+        ("data.validation_size=0",),
+        ("data.validation_size = 0", "greater than 0"),
+        what="a validation split of 0 images",
     ),
     # The copy's synthetic raw data has 120 training images: the split is checked against them.
     "split-larger-than-data": Case(
@@ -193,19 +277,32 @@ BAD_PARAMS = {
         ("data.validation_size=500",),
         ("data.validation_size = 500", "smaller than the 120 training images"),
         opens_run=True,
+        what="a validation split larger than the training images",
     ),
-    "no-sources": Case("download", ("data.sources=[]",), ("data.sources = []", "at least 1 item")),
-    "override-syntax": Case("train", ("train.epochs=[1",), ("override 'train.epochs=[1'",)),
+    "no-sources": Case(
+        "download",
+        ("data.sources=[]",),
+        ("data.sources = []", "at least 1 item"),
+        what="no download sources (data.sources=[])",
+    ),
+    "override-syntax": Case(
+        "train",
+        ("train.epochs=[1",),
+        ("override 'train.epochs=[1'",),
+        what="an override that does not parse (train.epochs=[1)",
+    ),
     "unparseable-params-yaml": Case(
         "train",
         (),
         (f"params.yaml:{BATCH_SIZE_LINE}: not valid YAML (mapping values are not allowed here)",),
         replace_in_params("  batch_size: 32\n", "  batch_size: 32: 5\n"),
+        what="params.yaml that is not valid YAML",
     ),
     "gpu-without-one": Case(
         "train",
         ("train.device=gpu",),
         ("train.device = 'gpu'", "sees no GPU", "allowed: auto, cpu, gpu"),
+        what="train.device=gpu on a machine without a GPU",
     ),
 }
 
@@ -258,7 +355,12 @@ def corrupt_mirror(project: Path) -> None:
 # run) are test_damaged_files.py's table.
 BAD_DATA = {
     "prepared-nan": Case(
-        "train", (), ("data/prepared/train.npz", "NaN"), edit_split("train", put_nan), opens_run=True
+        "train",
+        (),
+        ("data/prepared/train.npz", "NaN"),
+        edit_split("train", put_nan),
+        opens_run=True,
+        what="a NaN in the prepared training images",
     ),
     "raw-label-outside-0-9": Case(
         "prepare",
@@ -266,6 +368,7 @@ BAD_DATA = {
         ("t10k-labels-idx1-ubyte.gz", "label 10 at index 0 is outside 0..9"),
         edit_raw("t10k-labels-idx1-ubyte", lambda content: content[:8] + b"\x0a" + content[9:]),
         opens_run=True,
+        what="a raw test label outside 0..9",
     ),
     "download-checksum-mismatch": Case(
         "download",
@@ -273,6 +376,7 @@ BAD_DATA = {
         ("mirror/train-images-idx3-ubyte.gz: checksum mismatch",),
         corrupt_mirror,
         opens_run=True,
+        what="a mirror file of the right size with other content",
     ),
 }
 
@@ -433,7 +537,26 @@ def check_error_line(run: StageRun, case: Case) -> None:
 ALL_RUNS = [*CASES, *(f"{name}:python-m" for name, case in CASES.items() if case.subprocess)]
 
 
-@pytest.mark.parametrize("name", ALL_RUNS)
+def marked(names: list[str], sees: Callable[[Case], str]) -> list:
+    """The runs as table rows, each with its reliability marker (docs/reliability.md)."""
+    rows = []
+    for name in names:
+        case = CASES[name.split(":")[0]]
+        where = f"{case.stage} (as its own python -m process)" if ":" in name else case.stage
+        what = f"{where}: {case.what}"
+        rows.append(pytest.param(name, marks=pytest.mark.reliability(case=what, sees=sees(case)), id=name))
+    return rows
+
+
+def error_line_sees(case: Case) -> str:
+    """'one `error:` line with: <first fragment>; exit 1', the fragment shortened to fit a table cell."""
+    fragment = case.fragments[0]
+    if len(fragment) > 60:
+        fragment = fragment[:57].rsplit(" ", 1)[0] + " ..."
+    return f"one `error:` line with: {fragment}; exit 1"
+
+
+@pytest.mark.parametrize("name", marked(ALL_RUNS, error_line_sees))
 def test_bad_input_stops_the_stage_with_one_error_line(name: str, stage_runs) -> None:
     run, case = stage_runs[name], CASES[name.split(":")[0]]
     if name.startswith("gpu-without-one") and run.extra["gpus"]:
@@ -441,7 +564,13 @@ def test_bad_input_stops_the_stage_with_one_error_line(name: str, stage_runs) ->
     check_error_line(run, case)
 
 
-@pytest.mark.parametrize("name", [name for name in ALL_RUNS if not CASES[name.split(":")[0]].opens_run])
+@pytest.mark.parametrize(
+    "name",
+    marked(
+        [name for name in ALL_RUNS if not CASES[name.split(":")[0]].opens_run],
+        lambda case: "no file under data/ or reports/ changes; no MLflow store is created",
+    ),
+)
 def test_bad_params_touch_no_output_and_start_no_mlflow_run(name: str, stage_runs) -> None:
     run = stage_runs[name]
     if name.startswith("gpu-without-one") and run.extra["gpus"]:
@@ -451,12 +580,20 @@ def test_bad_params_touch_no_output_and_start_no_mlflow_run(name: str, stage_run
     assert not run.store.exists()
 
 
+@pytest.mark.reliability(
+    case="bad data found after a stage opened its MLflow run (each bad-data case)",
+    sees="the run ends FAILED; none is left RUNNING",
+)
 def test_bad_data_ends_every_mlflow_run_failed_none_left_running(stage_runs) -> None:
     opened = [name for name in CASES if CASES[name].opens_run]
     statuses = run_statuses(stage_runs[opened[0]].store)
     assert statuses == ["FAILED"] * len(opened)
 
 
+@pytest.mark.reliability(
+    case="prepare: a validation split larger than the training images",
+    sees="no prepared file is written or changed",
+)
 def test_split_larger_than_the_data_writes_no_prepared_file(stage_runs) -> None:
     run = stage_runs["split-larger-than-data"]
     after = snapshot(run.project)
@@ -480,6 +617,10 @@ def test_checks_detect_a_touched_output(tmp_path: Path) -> None:
 NO_SPACE = "could not write it: No space left on device (free space on that disk, then rerun)"
 
 
+@pytest.mark.reliability(
+    case="disk full while saving prepared arrays",
+    sees="one line naming the file, 'No space left on device'; no partial file left",
+)
 def test_full_disk_saving_prepared_arrays(small_tmpfs, tmp_path: Path) -> None:
     folder = tmp_path / "prepared"
     small_tmpfs(folder, "64k")
@@ -491,6 +632,10 @@ def test_full_disk_saving_prepared_arrays(small_tmpfs, tmp_path: Path) -> None:
     assert list(folder.iterdir()) == []
 
 
+@pytest.mark.reliability(
+    case="disk full while saving the trained model",
+    sees="one line naming the file; the previous model stays, no temp file",
+)
 def test_full_disk_saving_a_model_keeps_the_previous_one(small_tmpfs, make_config, tmp_path: Path) -> None:
     from fashion_cnn.model import build_model
 
@@ -507,6 +652,10 @@ def test_full_disk_saving_a_model_keeps_the_previous_one(small_tmpfs, make_confi
     assert [path.name for path in folder.iterdir()] == ["model.keras"]
 
 
+@pytest.mark.reliability(
+    case="Ctrl-C or SIGTERM while a group of outputs is being written",
+    sees="the writes finish first, then the stage stops",
+)
 def test_signals_during_a_group_of_writes_wait_until_it_is_written() -> None:
     written = []
     with pytest.raises(KeyboardInterrupt), atomic.signals_deferred():
@@ -523,7 +672,20 @@ def test_signals_during_a_group_of_writes_wait_until_it_is_written() -> None:
     assert written == ["first", "second"]
 
 
-@pytest.mark.parametrize("failure", ["full disk", "interrupt"])
+@pytest.mark.parametrize(
+    "failure",
+    [
+        pytest.param(
+            failure,
+            marks=pytest.mark.reliability(
+                case=f"{what} in the middle of writing files that belong together",
+                sees="none of them replaced: the old set stays, no temp file",
+            ),
+            id=failure,
+        )
+        for failure, what in (("full disk", "disk full"), ("interrupt", "Ctrl-C"))
+    ],
+)
 def test_files_written_together_are_all_replaced_or_none_is(
     failure: str, small_tmpfs, tmp_path: Path
 ) -> None:
