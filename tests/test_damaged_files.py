@@ -366,6 +366,26 @@ INPUT_FILES = (
             "'of different runs'",
         ),
     ),
+    # ---- reports/train/metrics.json, read by evaluate (validation numbers, training time) ----
+    InputFile(
+        "train-metrics.json",
+        "reports/train/metrics.json",
+        "evaluate",
+        "dvc repro train",
+        Damage(
+            edit_json(lambda record: {**record, "val_accuracy": "high"}),
+            r"must be float",
+            "val_accuracy a string",
+            "'must be float'",
+        ),
+        Damage(
+            edit_json(lambda record: list(record.values())),
+            r"JSON object",
+            "a JSON list",
+            "'expected a JSON object'",
+        ),
+        NotApplicable("the metrics of another run are valid metrics: nothing in them names their run"),
+    ),
     # ---- reports/train/history.csv, read by model_figures ----
     InputFile(
         "history.csv",

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from test_predict import small_cnn_config, write_png
 
-from fashion_cnn import CLASS_NAMES, classifier, trained_model
+from fashion_cnn import CLASS_NAMES, classifier, model_artifact, trained_model
 from fashion_cnn.data import STATS_FILE, save_npz
 from fashion_cnn.errors import DataError
 from fashion_cnn.tools import predict, serve
@@ -420,12 +420,31 @@ def test_a_model_carrying_code_is_refused_and_its_code_never_runs(
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("make_layer", [lambda_layer, custom_layer], ids=["lambda", "custom-object"])
+@reliability(
+    case="model.keras carrying code, read by evaluate or model_figures",
+    sees="one line naming the file and the code it carries; exit 1; its code not run",
+)
+def test_the_loader_every_stage_uses_refuses_code_before_keras_reads_it(
+    tmp_path: Path, make_layer: Callable[[Path], Any]
+) -> None:
+    """trained_model.load_model (evaluate, model_figures, predict, serve): a registered custom class
+    would pass Keras's safe mode and run; the artifact check refuses it first."""
+    marker = tmp_path / "code-ran"
+    plant_model(tmp_path / "model.keras", marker, make_layer)
+    with pytest.raises(DataError, match="refused: the model carries code"):
+        trained_model.load_model(tmp_path / "model.keras")
+    assert not marker.exists()
+
+
 def test_safe_mode_alone_refuses_the_lambda_without_running_it(tmp_path: Path) -> None:
     """The second line of defence: Keras safe mode, as trained_model.load_model uses it."""
+    import keras
+
     marker = tmp_path / "code-ran"
     plant_model(tmp_path / "model.keras", marker, lambda_layer)
-    with pytest.raises(DataError, match="Lambda"):
-        trained_model.load_model(tmp_path / "model.keras")
+    with pytest.raises(ValueError, match="Lambda"):
+        keras.saving.load_model(tmp_path / "model.keras", compile=False, safe_mode=True)
     assert not marker.exists()
 
 
@@ -446,4 +465,4 @@ def test_every_model_preset_passes_the_artifact_check(tmp_path: Path) -> None:
         # The recipe's kind of compile state is saved too (skipped by the check: never loaded).
         model.compile(optimizer=keras.optimizers.AdamW(), loss="sparse_categorical_crossentropy")
         model.save(tmp_path / f"{preset.stem}.keras")
-        classifier.check_artifact(tmp_path / f"{preset.stem}.keras")
+        model_artifact.check_artifact(tmp_path / f"{preset.stem}.keras", "rebuild it")

@@ -1,16 +1,12 @@
 """The trained model as a classifier of raw 28x28 grey images: one path for predict and serve.
 
-Before Keras reads a .keras file, its config.json is read as plain JSON and refused when it names a
-Lambda layer, a lambda's code or a class from outside Keras: such an artifact carries (or calls for)
-code, and loading it must not run that code. The model is then loaded in Keras safe mode
-(trained_model.load_model, which also checks that it takes (28, 28, 1) images and gives 10 scores),
-and fed images standardized with the training statistics (data/prepared/standardization.npz).
+The model is loaded by trained_model.load_model (which refuses a file that carries code, loads in Keras
+safe mode and checks that it takes (28, 28, 1) images and gives 10 scores), and fed images
+standardized with the training statistics (data/prepared/standardization.npz).
 """
 
 from __future__ import annotations
 
-import json
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,67 +21,7 @@ from fashion_cnn.idx import IMAGE_SIDE
 
 # Images per forward pass: bounds memory for long lists of images.
 BATCH_SIZE = 256
-# A config.json larger than this is not one the train stage writes; it is refused unread.
-MAX_CONFIG_BYTES = 64 * 2**20
 REBUILD_HINT = trained_model.REBUILD_HINT
-
-
-def foreign_objects(node: Any) -> list[str]:
-    """What a .keras config asks to deserialize beyond stock Keras objects, e.g. ["Lambda layer 'scale'"].
-
-    The compile config is skipped: the model is loaded without compiling, so it is never read.
-    """
-    found: list[str] = []
-    if isinstance(node, list):
-        for item in node:
-            found += foreign_objects(item)
-    elif isinstance(node, dict):
-        class_name = node.get("class_name")
-        if isinstance(class_name, str):
-            config = node.get("config")
-            name = node.get("name") or (config.get("name") if isinstance(config, dict) else None)
-            named = f" {name!r}" if isinstance(name, str) else ""
-            module, registered = node.get("module"), node.get("registered_name")
-            from_keras = isinstance(module, str) and (module == "keras" or module.startswith("keras."))
-            if class_name == "Lambda":
-                return [f"Lambda layer{named}"]  # Its function, inside, is the same finding.
-            if class_name == "__lambda__":  # A Python function's code, serialized into the file.
-                return ["Python function code"]
-            # Keras's own markers (__keras_tensor__, __numpy__, ...) name no class.
-            marker = class_name.startswith("__") and class_name.endswith("__")
-            if not marker and (not from_keras or registered not in (None, class_name)):
-                source = f" from module {module!r}" if isinstance(module, str) else ""
-                where = f" in layer{named}" if named else ""
-                found.append(f"custom class {registered or class_name!r}{source}{where}")
-        for key, value in node.items():
-            if key != "compile_config":
-                found += foreign_objects(value)
-    return found
-
-
-def check_artifact(model_path: Path) -> None:
-    """Refuse a .keras file whose config asks for a Lambda layer or a custom object, before Keras reads it.
-
-    A file that is not a zip archive is left to trained_model.load_model, which names it as damaged.
-    """
-    try:
-        with zipfile.ZipFile(model_path) as archive:
-            if archive.getinfo("config.json").file_size > MAX_CONFIG_BYTES:
-                limit = MAX_CONFIG_BYTES // 2**20
-                raise DataError(f"{model_path}: config.json is over {limit} MiB; {REBUILD_HINT}")
-            config = json.loads(archive.read("config.json"))
-    except (zipfile.BadZipFile, KeyError, OSError, ValueError, RecursionError):
-        return
-    try:
-        found = foreign_objects(config)
-    except RecursionError:  # No model Keras writes nests this deep.
-        found = ["a config nested too deep to read"]
-    if found:
-        more = f" and {len(found) - 1} more" if len(found) > 1 else ""
-        raise DataError(
-            f"{model_path}: refused: the model carries code ({found[0]}{more}) that loading would run; "
-            f"only stock Keras layers are loaded; {REBUILD_HINT}"
-        )
 
 
 def preprocess(images: Sequence[np.ndarray] | np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -148,6 +84,5 @@ def load_classifier(model_path: Path, prepared_dir: Path) -> Classifier:
     if not stats_path.is_file():
         raise DataError(f"{stats_path}: standardization statistics not found (make them with `dvc repro`)")
     mean, std = load_standardization(prepared_dir)
-    check_artifact(model_path)
-    # Safe mode, and a model that takes (28, 28, 1) images and gives 10 scores.
+    # No code from the file, safe mode, and a model that takes (28, 28, 1) images and gives 10 scores.
     return Classifier(model_path, trained_model.load_model(model_path), mean, std)

@@ -19,7 +19,7 @@ from typing import Any
 import mlflow
 import yaml
 
-from fashion_cnn import paths, records, tracking
+from fashion_cnn import model_artifact, paths, records, tracking
 from fashion_cnn.config import ProjectConfig, flatten, validate
 from fashion_cnn.errors import ConfigError, DataError
 from fashion_cnn.idx import IMAGE_SIDE, NUM_CLASSES
@@ -37,17 +37,19 @@ RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def load_model(path: Path) -> Any:  # -> keras.Model (keras is imported lazily: it is slow to import)
-    """Load a trained model in Keras safe mode: a .keras file cannot run code stored in it.
+    """Load a trained model in Keras safe mode, after refusing a file that carries code
+    (model_artifact): a .keras file cannot run code stored in it.
 
-    The archive is checked first (every member against its CRC-32), the model after: it must take
-    (28, 28, 1) images and give 10 scores, and, beside the train stage's config.yaml (data/model/),
-    be the model that config describes.
+        The archive is checked first (every member against its CRC-32), the model after: it must take
+        (28, 28, 1) images and give 10 scores, and, beside the train stage's config.yaml (data/model/),
+        be the model that config describes.
     """
     import keras
 
     if not path.is_file():
         raise DataError(f"{path}: missing; {REBUILD_HINT}")
     check_archive(path)
+    model_artifact.check_artifact(path, REBUILD_HINT)
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as error:

@@ -5,12 +5,10 @@ It scores the model in data/model (fashion_cnn.evaluation) and logs into that mo
 
 from __future__ import annotations
 
-import json
-
 import mlflow
 import numpy as np
 
-from fashion_cnn import CLASS_NAMES, evaluation, paths, plotting, server, trained_model
+from fashion_cnn import CLASS_NAMES, evaluation, paths, plotting, records, server, trained_model
 from fashion_cnn.atomic import write_json_atomic, write_text_atomic
 from fashion_cnn.cli import stage_main
 from fashion_cnn.config import ProjectConfig
@@ -24,7 +22,11 @@ def evaluate(project: paths.ProjectPaths) -> dict:
     test_split = load_split(project.prepared_dir, "test")
     inputs = evaluation.input_record(project)
     test = evaluation.score(model, test_split)
-    train_metrics = json.loads(project.train_metrics_file.read_text())
+    train_metrics = records.read_json_object(
+        project.train_metrics_file,
+        {"val_accuracy": float, "val_loss": float, "train_seconds": (int, float)},
+        "restore it with `dvc checkout reports/train/metrics.json` or rebuild it with `dvc repro train`",
+    )
     report = {
         "test": {
             "accuracy": round(test["accuracy"], 4),
