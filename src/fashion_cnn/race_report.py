@@ -119,7 +119,8 @@ def race_figure(report: dict[str, Any]):  # -> matplotlib Figure
         (1.0, seed["test_accuracy"]),
         textcoords="offset points", xytext=(-8, 10), ha="right", fontsize=9,
     )  # fmt: skip
-    for row in report["rows"]:
+    # Labels of neighbouring points alternate above and below them, so they never overlap.
+    for index, row in enumerate(sorted(report["rows"], key=lambda row: row["time_ratio"])):
         large = row["batch_size"] >= LARGE_BATCH
         axes.scatter(
             [row["time_ratio"]], [row["test_accuracy"]], zorder=4, s=70,
@@ -128,7 +129,8 @@ def race_figure(report: dict[str, Any]):  # -> matplotlib Figure
         axes.annotate(
             f"{row['preset']} (batch {row['batch_size']})\n"
             f"{row['test_accuracy']:.4f}, ratio {row['time_ratio']:.2f}",
-            (row["time_ratio"], row["test_accuracy"]), textcoords="offset points", xytext=(8, -4), fontsize=9,
+            (row["time_ratio"], row["test_accuracy"]), textcoords="offset points", fontsize=9,
+            xytext=(8, 8) if index % 2 == 0 else (8, -26),
         )  # fmt: skip
     axes.axvline(race["budget_ratio"], color="tab:red", linestyle="--", linewidth=1)
     axes.axhline(race["target_accuracy"], color="tab:green", linestyle=":", linewidth=1)
