@@ -4,15 +4,13 @@ machine and the input files, for the evaluate stage's report."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import os
-from pathlib import Path
 
 import keras
 from sklearn import metrics as sklearn_metrics
 
-from fashion_cnn import CLASS_NAMES, cross_entropy, machine, paths
+from fashion_cnn import CLASS_NAMES, cross_entropy, machine, paths, records
 from fashion_cnn.data import Split
 
 PREDICT_BATCH = 1000
@@ -64,19 +62,10 @@ def hardware() -> str:
     return f"{machine.cpu_model()}, {os.cpu_count()} cores, {device}"
 
 
-def sha256(path: Path) -> str:
-    """The SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def input_record(project: paths.ProjectPaths) -> dict[str, dict[str, str]]:
     """The files this evaluation read, by path and hash (read now, not copied from dvc.lock)."""
     files = {"model": project.model_file, "test_split": project.prepared_dir / "test.npz"}
     return {
-        name: {"path": str(path.relative_to(project.root)), "sha256": sha256(path)}
+        name: {"path": str(path.relative_to(project.root)), "sha256": records.sha256(path)}
         for name, path in files.items()
     }
