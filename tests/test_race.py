@@ -4,7 +4,9 @@ presets it races, including the large-batch gpu preset and the GPU check's verdi
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -182,3 +184,58 @@ def test_training_callbacks_convert_no_batch_logs(make_config, tmp_path: Path, m
     # Keras's own list converts them: the check above can fail.
     keras.callbacks.CallbackList(callbacks, model=model).on_train_batch_end(0, step_logs)
     assert converted == [step_logs]
+
+
+@pytest.mark.slow
+def test_the_race_times_the_seed_and_a_preset_in_clean_copies_and_reports_what_ran(
+    tmp_path: Path, real_dataset: Path, project_copier, png_check
+) -> None:
+    """`make race` end to end on small data: the seed recipe (1 epoch timed) and the quick preset."""
+    import subprocess
+    import sys
+
+    import mlflow
+
+    root = project_copier(tmp_path / "project")
+    (root / ".dvc").mkdir()
+    shutil.copy2(ROOT / ".dvc" / "config", root / ".dvc" / "config")
+    (root / "reports").mkdir()
+    shutil.copy2(ROOT / "reports" / "metrics.json", root / "reports" / "metrics.json")
+    conf = root / "conf" / "config.yaml"
+    conf.write_text(conf.read_text().replace("max_train_images: null", "max_train_images: 1000"))
+    race_file = root / "conf" / "race.yaml"
+    race_text = race_file.read_text().replace("seed_epochs_timed: 2", "seed_epochs_timed: 1")
+    race_file.write_text(race_text.replace("  - small_vgg_one_cycle_bf16\n  - gpu\n", "  - quick\n"))
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    environment = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": store,
+        "FASHION_CNN_MIRROR": str(real_dataset),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    environment.pop("FASHION_CNN_ROOT", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "fashion_cnn.tools.race", "--presets", "quick"],
+        cwd=root, env=environment, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((root / race_report.RACE_JSON).read_text())
+    seed = report["seed"]
+    assert seed["epochs_timed"] == 1 and seed["epochs"] == 10
+    assert seed["train_seconds"] == pytest.approx(
+        seed["timed_train_seconds"] + 9 * seed["epoch_seconds"][0], abs=1
+    )
+    assert seed["ran_as"]["global_batch_size"] == "32" and seed["ran_as"]["device"] == "CPU"
+    [quick] = report["rows"]
+    assert quick["preset"] == "quick" and quick["batch_size"] == 64 and quick["epochs"] == 2
+    assert quick["time_ratio"] == round(quick["train_seconds"] / seed["train_seconds"], 3)
+    assert 0 < quick["test_accuracy"] <= 1 and report["machine"]["logical_cpus"] >= 1
+    client = mlflow.MlflowClient(store)
+    for run_id in (seed["mlflow_run_id"], quick["mlflow_run_id"]):
+        assert client.get_run(run_id).info.status == "FINISHED"
+    assert client.get_run(quick["mlflow_run_id"]).data.metrics["test_accuracy"] == pytest.approx(
+        quick["test_accuracy"]
+    )
+    png_check(root / race_report.RACE_FIGURE)
+    # The clean copies are gone: only the report stays.
+    assert not list(Path(tempfile.gettempdir()).glob("fashion-cnn-race-quick-*"))
