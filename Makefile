@@ -74,10 +74,10 @@ bench: setup ## Time training vs the seed's Keras code, the train stage, dvc rep
 	python -m benchmarks.train_throughput $(BENCH_ARGS)
 	python -m benchmarks.table --doc docs/performance.md
 
-race: setup ## Time the seed recipe and each preset of conf/race.yaml side by side (reports/race.json, race.png; ~35 min, run alone)
+race: setup ## Time the seed recipe and each preset of conf/race.yaml side by side (reports/race.json, race.png; 26 min on 2 cores; run alone)
 	python -m fashion_cnn.tools.race
 
-race-spread: setup ## Train and test the race winner with conf/race.yaml's extra seeds; its spread goes into reports/race.json
+race-spread: setup ## Train and test the race winner with conf/race.yaml's extra seeds; its spread goes into reports/race.json (12 min)
 	python -m fashion_cnn.tools.race --spread
 
 recipe-sweep: setup ## The sweeps of conf/race.yaml: Hydra multiruns of the train stage, validation only (about an hour)
