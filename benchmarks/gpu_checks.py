@@ -13,9 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-# The least test accuracy: the seed notebook's (0.9049), rounded down to our reproduction's level.
-MIN_ACCURACY = 0.905
-LARGE_BATCH = 256
+from fashion_cnn.paths import find_root
+from fashion_cnn.race_report import LARGE_BATCH, load_race_config
 
 
 def gpu_checks(params: dict[str, str], test_accuracy: float, min_accuracy: float) -> dict[str, bool]:
@@ -38,7 +37,12 @@ def gpu_checks(params: dict[str, str], test_accuracy: float, min_accuracy: float
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workdir", type=Path, help="the project copy the pipeline ran in")
-    parser.add_argument("--min-accuracy", type=float, default=MIN_ACCURACY)
+    parser.add_argument(
+        "--min-accuracy",
+        type=float,
+        default=None,
+        help="least test accuracy (default: large_batch_accuracy of conf/race.yaml, the seed's)",
+    )
     arguments = parser.parse_args(argv)
     import mlflow
 
@@ -48,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     accuracy = json.loads((work / "reports" / "metrics.json").read_text())["test"]["accuracy"]
     with (work / "reports" / "train" / "history.csv").open(newline="") as lines:
         seconds = [float(row["epoch_seconds"]) for row in csv.DictReader(lines)]
-    checks = gpu_checks(params, accuracy, arguments.min_accuracy)
+    minimum = arguments.min_accuracy or load_race_config(find_root()).large_batch_accuracy
+    checks = gpu_checks(params, accuracy, minimum)
     for what, passed in checks.items():
         print(("ok      " if passed else "FAILED  ") + what)
     print("as run:", {key: value for key, value in sorted(params.items()) if key.startswith("runtime.")})

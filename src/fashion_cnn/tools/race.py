@@ -59,7 +59,7 @@ def what_ran(workdir: Path, environment: dict[str, str]) -> dict[str, Any]:
 
 def time_seed(root: Path, epochs_timed: int, environment: dict[str, str]) -> dict[str, Any]:
     """Train the seed recipe for its first epochs in a clean copy; its whole training time, extrapolated."""
-    total_epochs = int(reproduction_params(root)["train"]["epochs"])
+    total_epochs = int(committed_params(root)["train"]["epochs"])
     with clean_copy(root, [f"train.epochs={epochs_timed}"], "seed") as workdir:
         reproduction.run(["dvc", "repro", "train"], workdir, environment)
         metrics = reproduction.read_json(workdir / "reports" / "train" / "metrics.json")
@@ -86,7 +86,7 @@ def epoch_times(history_file: Path) -> list[float]:
         return [float(row["epoch_seconds"]) for row in csv.DictReader(lines)]
 
 
-def reproduction_params(root: Path) -> dict[str, Any]:
+def committed_params(root: Path) -> dict[str, Any]:
     """params.yaml as committed (the seed recipe)."""
     import yaml
 
