@@ -386,6 +386,31 @@ INPUT_FILES = (
         ),
         NotApplicable("the metrics of another run are valid metrics: nothing in them names their run"),
     ),
+    # ---- data/evaluate/model_outputs.npz: what evaluate computed with the model, read by model_figures ----
+    InputFile(
+        "model_outputs.npz",
+        "data/evaluate/model_outputs.npz",
+        "model_figures",
+        "dvc repro evaluate",
+        Damage(
+            edit_npz(retype("probabilities", np.float64)),
+            r"float32",
+            "probabilities float64",
+            "'must be float32'",
+        ),
+        Damage(
+            edit_npz(reshape_last_axis_away("feature_maps_0")),
+            r"shape",
+            "a layer's feature maps 3-D",
+            "'of shape'",
+        ),
+        Damage(
+            copy_from_another_run("model_outputs.npz"),
+            r"different runs",
+            "the outputs of a lenet5 model beside small_cnn's model",
+            "'of different runs'",
+        ),
+    ),
     # ---- reports/train/history.csv, read by model_figures ----
     InputFile(
         "history.csv",
@@ -576,6 +601,20 @@ def logged_run(project_paths: paths.ProjectPaths, run_config: config.ProjectConf
     }
 
 
+def write_model_outputs(model_file: Path, project_paths: paths.ProjectPaths, destination: Path) -> None:
+    """What evaluate writes for model_figures, computed with the model in `model_file` on the test split."""
+    import keras
+
+    from fashion_cnn import data, evaluation, model_outputs, records
+
+    model = keras.saving.load_model(model_file, compile=False)
+    test = data.load_split(project_paths.prepared_dir, "test")
+    probabilities = evaluation.score(model, test)["probabilities"]
+    model_outputs.write(
+        destination, model_outputs.compute(model, test, probabilities, records.sha256(model_file))
+    )
+
+
 def make_template(base: Path) -> Template:
     """The template project and another run's files, made by the project's own writers."""
     import keras
@@ -595,6 +634,7 @@ def make_template(base: Path) -> Template:
     build_model(run_config.model).save(project_paths.model_file)
     config.save_resolved(run_config, project_paths.model_dir / "config.yaml")
     project_paths.run_info_file.write_text(json.dumps(logged_run(project_paths, run_config)))
+    write_model_outputs(project_paths.model_file, project_paths, project_paths.model_outputs_file)
     rows = [
         {"epoch": epoch, "objective": 0.9, "loss": 0.9 / epoch, "accuracy": 0.5, "val_loss": 1.0,
          "val_accuracy": 0.45, "epoch_seconds": 1.5}
@@ -614,6 +654,9 @@ def make_template(base: Path) -> Template:
     build_model(other_config.model).save(template.other_run / "model.keras")
     config.save_resolved(other_config, template.other_run / "config.yaml")
     (template.other_run / "mlflow_run.json").write_text(json.dumps(logged_run(project_paths, other_config)))
+    write_model_outputs(
+        template.other_run / "model.keras", project_paths, template.other_run / "model_outputs.npz"
+    )
     wrong_shape = keras.Sequential(
         [keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(5)], name="other_images"
     )

@@ -1,4 +1,5 @@
-"""Figures of the trained model: a tiny small_cnn, a tiny test split and history in a temp project."""
+"""Figures of the trained model: a tiny small_cnn, a tiny test split, what evaluate computed with the
+model (model_outputs.npz) and history in a temp project."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ from fashion_cnn import (
     CLASS_NAMES,
     config,
     data,
+    evaluation,
     history,
     learned_figures,
     model,
+    model_outputs,
     paths,
     plotting,
+    records,
     tracking,
     trained_model,
 )
@@ -69,33 +73,65 @@ def model_project(project: Path, make_config) -> Path:
     return project
 
 
-def load_inputs(project: Path) -> tuple[keras.Model, data.Split, list[dict[str, float]]]:
+def evaluate_outputs(project: Path) -> model_outputs.ModelOutputs:
+    """What the evaluate stage computes for model_figures, through its own functions, written where it
+    writes it."""
+    project_paths = paths.ProjectPaths(project)
+    trained = trained_model.load_model(project_paths.model_file)
+    test = data.load_split(project_paths.prepared_dir, "test")
+    probabilities = evaluation.score(trained, test)["probabilities"]
+    outputs = model_outputs.compute(trained, test, probabilities, records.sha256(project_paths.model_file))
+    model_outputs.write(project_paths.model_outputs_file, outputs)
+    return outputs
+
+
+def load_inputs(project: Path) -> tuple[model_outputs.ModelOutputs, data.Split, list[dict[str, float]]]:
     """What the stage reads, through the stage's own loaders."""
     project_paths = paths.ProjectPaths(project)
+    test = data.load_split(project_paths.prepared_dir, "test")
     return (
-        trained_model.load_model(project_paths.model_file),
-        data.load_split(project_paths.prepared_dir, "test"),
+        model_outputs.read(project_paths.model_outputs_file, test, project_paths.model_file),
+        test,
         history.read_history(project_paths.history_file),
     )
 
 
 def test_conv_outputs_equal_the_layer_math(model_project: Path) -> None:
-    trained, test, _ = load_inputs(model_project)
-    images = test.images[:3]
-    outputs = learned_figures.conv_outputs(trained, images)
-    conv_layers = learned_figures.conv_layers(trained)
+    project_paths = paths.ProjectPaths(model_project)
+    trained = trained_model.load_model(project_paths.model_file)
+    images = data.load_split(project_paths.prepared_dir, "test").images[:3]
+    outputs = model_outputs.conv_outputs(trained, images)
+    conv_layers = model_outputs.conv_layers(trained)
     assert [output.shape[-1] for output in outputs] == [layer.filters for layer in conv_layers]
     first = conv_layers[0]
     expected = tf.nn.relu(tf.nn.conv2d(images, first.kernel, strides=1, padding="SAME") + first.bias).numpy()
     np.testing.assert_allclose(outputs[0], expected, rtol=1e-5, atol=1e-5)
 
 
+def test_model_outputs_round_trip_and_match_the_model(model_project: Path) -> None:
+    written = evaluate_outputs(model_project)
+    read, test, _ = load_inputs(model_project)
+    assert read.conv_names == written.conv_names == ["00_conv", "02_conv", "04_conv"]
+    assert read.probabilities.shape == (len(test.labels), 10)
+    np.testing.assert_array_equal(read.probabilities.argmax(axis=1), written.probabilities.argmax(axis=1))
+    assert test.labels[read.class_indices].tolist() == list(range(10))
+    for maps, filters in zip(read.feature_maps, (16, 32, 64), strict=True):
+        assert maps.shape[0] == 10 and maps.shape[-1] == filters
+
+
+def test_model_outputs_of_another_model_are_refused(model_project: Path, make_config) -> None:
+    evaluate_outputs(model_project)
+    project_paths = paths.ProjectPaths(model_project)
+    keras.utils.set_random_seed(1)  # other initial weights: another run of the same config
+    model.build_model(make_config("model=small_cnn").model).save(project_paths.model_file)
+    test = data.load_split(project_paths.prepared_dir, "test")
+    with pytest.raises(DataError, match="different runs.*dvc repro evaluate"):
+        model_outputs.read(project_paths.model_outputs_file, test, project_paths.model_file)
+
+
 def test_one_image_per_class_takes_the_first_of_each() -> None:
     labels = np.array([3, 1, 3, 0, 1], dtype=np.uint8)
-    split = data.Split(np.arange(5, dtype=np.float32).reshape(5, 1, 1, 1), labels)
-    images, chosen_labels = learned_figures.one_image_per_class(split)
-    assert chosen_labels.tolist() == [0, 1, 3]
-    assert images[:, 0, 0, 0].tolist() == [3.0, 1.0, 0.0]
+    assert model_outputs.one_image_per_class(labels).tolist() == [3, 1, 0]
 
 
 def test_read_history_names_what_is_wrong(tmp_path: Path) -> None:
@@ -151,6 +187,7 @@ def test_training_curves_need_the_history_columns() -> None:
 def test_stage_writes_every_figure_logs_them_to_the_model_run_and_is_byte_stable(
     model_project: Path, run_stage, tmp_path: Path, png_check
 ) -> None:
+    evaluate_outputs(model_project)
     result = run_stage("model_figures", cwd=model_project)
     assert result.returncode == 0, result.stderr[-2000:]
     output_dir = model_project / "reports" / "figures" / "model"
@@ -170,8 +207,9 @@ def test_stage_writes_every_figure_logs_them_to_the_model_run_and_is_byte_stable
     assert client.get_run(run_id).data.tags["stage.model_figures"] == "done"
 
 
-def test_stage_without_a_model_fails_in_one_line(project: Path, run_stage) -> None:
-    result = run_stage("model_figures", cwd=project)
+def test_stage_without_what_evaluate_computed_fails_in_one_line(model_project: Path, run_stage) -> None:
+    result = run_stage("model_figures", cwd=model_project)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error:")
-    assert "model.keras: missing" in result.stderr and "Traceback" not in result.stderr
+    assert "model_outputs.npz: missing" in result.stderr and "dvc repro evaluate" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 
-from fashion_cnn import paths, records
+from fashion_cnn import IMPORT_STARTED, paths, records
 from fashion_cnn.config import ProjectConfig, allowed_keys, to_plain_dict, unknown_key_message, validate
 from fashion_cnn.errors import ConfigError, FashionCnnError
 
@@ -102,6 +103,23 @@ def _interrupt(signal_number: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def stage_name(task: Callable[..., Any]) -> str:
+    """The stage a task belongs to: the last part of its module's name (also under `python -m`)."""
+    spec = task.__globals__.get("__spec__")
+    return (spec.name if spec is not None else task.__module__).rsplit(".", 1)[-1]
+
+
+def stage_done_line(name: str, work_started: float) -> str:
+    """How long the stage took since its process began importing the project, and how that time
+    split: starting (Python, imports, Hydra's composition, validation) and the stage's own work.
+    benchmarks/startup.py reads this line from `dvc repro`'s output."""
+    now = time.perf_counter()
+    return (
+        f"stage {name} done in {now - IMPORT_STARTED:.1f} s: {now - work_started:.1f} s its work, "
+        f"{work_started - IMPORT_STARTED:.1f} s starting (Python, imports, config)"
+    )
+
+
 def stage_main(task: Callable[[ProjectConfig, paths.ProjectPaths], Any]) -> Callable[[], None]:
     """Wrap `task(config, project_paths)` as a Hydra app over params.yaml with one-line errors."""
 
@@ -123,7 +141,9 @@ def stage_main(task: Callable[[ProjectConfig, paths.ProjectPaths], Any]) -> Call
         def hydra_app(cfg: DictConfig) -> None:
             try:
                 config = validate(to_plain_dict(cfg))
+                work_started = time.perf_counter()
                 task(config, project)
+                print(stage_done_line(stage_name(task), work_started), file=sys.stderr, flush=True)
             except FashionCnnError as error:
                 print(f"error: {error}", file=sys.stderr)
                 sys.exit(1)

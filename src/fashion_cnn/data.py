@@ -38,31 +38,32 @@ PREPARED_REBUILD = "restore it with `dvc checkout data/prepared` or rebuild it w
 RAW_REBUILD = "restore it with `dvc checkout data/raw` or fetch it again with `dvc repro download`"
 
 
-def load_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Load named arrays from a prepared .npz, naming the file when it is missing, damaged or lacks a key.
+def load_npz(path: Path, keys: tuple[str, ...], rebuild: str = PREPARED_REBUILD) -> dict[str, np.ndarray]:
+    """Load named arrays from an .npz, naming the file when it is missing, damaged or lacks a key, and
+    saying how to get it back (`rebuild`; by default, for the prepared arrays).
 
     Reading an array through the zip archive checks it against the CRC-32 stored beside it, so
     flipped bytes in an array read are found (zipfile raises BadZipFile "Bad CRC-32").
     """
     if not path.is_file():
-        raise DataError(f"{path}: missing; {PREPARED_REBUILD}")
+        raise DataError(f"{path}: missing; {rebuild}")
     if path.stat().st_size == 0:
-        raise DataError(f"{path}: empty file; {PREPARED_REBUILD}")
+        raise DataError(f"{path}: empty file; {rebuild}")
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [key for key in keys if key not in archive.files]
             if missing:
-                raise DataError(f"{path}: missing arrays {missing} (has {archive.files}); {PREPARED_REBUILD}")
+                raise DataError(f"{path}: missing arrays {missing} (has {archive.files}); {rebuild}")
             return {key: archive[key] for key in keys}
     except zipfile.BadZipFile as error:
         if "CRC" in str(error):
             problem = f"corrupt: {error} (its bytes changed after it was written)"
         else:
             problem = f"truncated or not an .npz archive ({error})"
-        raise DataError(f"{path}: {problem}; {PREPARED_REBUILD}") from None
+        raise DataError(f"{path}: {problem}; {rebuild}") from None
     except (OSError, ValueError, EOFError) as error:
         problem = f"corrupt: not a readable .npz archive ({error})"
-        raise DataError(f"{path}: {problem}; {PREPARED_REBUILD}") from None
+        raise DataError(f"{path}: {problem}; {rebuild}") from None
 
 
 def check_split(split: Split, path: Path) -> Split:

@@ -29,6 +29,7 @@ def score(model: keras.Model, split: Split) -> dict:
         "loss": loss,
         "accuracy": float((predicted == split.labels).mean()),
         "predicted": predicted,
+        "probabilities": probabilities,
         "per_class": [
             {
                 "class": name,

@@ -1,6 +1,8 @@
 """What the trained model learned (filters, feature maps, curves, mistakes), drawn for model_figures.
 
-Images are shown standardized, as the model sees them (the stage depends on test.npz only).
+It draws from arrays: what evaluate computed with the model (fashion_cnn.model_outputs), the test
+split and the training history; no model is loaded here. Images are shown standardized, as the
+model sees them.
 """
 
 from __future__ import annotations
@@ -9,45 +11,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
-from keras import layers
 from matplotlib.figure import Figure
 
 from fashion_cnn import CLASS_NAMES, plotting
 from fashion_cnn.data import Split
 from fashion_cnn.errors import DataError
+from fashion_cnn.model_outputs import ModelOutputs
 
 # Feature maps drawn per conv layer and image, and misclassified images drawn (rows x columns).
 FEATURE_MAPS_SHOWN = 8
 MISCLASSIFIED_GRID = (4, 6)
-PREDICT_BATCH_SIZE = 500
 
 
-def conv_layers(model: keras.Model) -> list[layers.Conv2D]:
-    """The model's Conv2D layers, input to output."""
-    return [layer for layer in model.layers if isinstance(layer, layers.Conv2D)]
+def filters_figure(layer_name: str, kernel: np.ndarray) -> Figure:
+    """The first conv layer's kernels on one diverging scale (averaged over input channels if several).
 
-
-def one_image_per_class(split: Split) -> tuple[np.ndarray, np.ndarray]:
-    """The first test image of each class present: images (count, 28, 28, 1) and their labels."""
-    indices = [int(np.argmax(split.labels == label)) for label in np.unique(split.labels)]
-    return split.images[indices], split.labels[indices]
-
-
-def conv_outputs(model: keras.Model, images: np.ndarray) -> list[np.ndarray]:
-    """Each conv layer's output (count, height, width, filters), running the layers in inference mode."""
-    outputs, activations = [], images
-    for layer in model.layers:
-        activations = layer(activations, training=False)
-        if isinstance(layer, layers.Conv2D):
-            outputs.append(keras.ops.convert_to_numpy(activations))
-    return outputs
-
-
-def filters_figure(layer: layers.Conv2D) -> Figure:
-    """The first conv layer's kernels on one diverging scale (averaged over input channels if several)."""
-    kernel = keras.ops.convert_to_numpy(layer.kernel)  # (height, width, input channels, filters)
+    `kernel` is (height, width, input channels, filters), as Keras stores it."""
     weights = kernel.mean(axis=2).transpose(2, 0, 1)  # (filters, height, width)
     count, height, width = weights.shape
     columns = int(np.ceil(np.sqrt(count)))
@@ -57,7 +37,7 @@ def filters_figure(layer: layers.Conv2D) -> Figure:
     limit = float(np.abs(weights).max()) or 1.0
     figure = plotting.new_figure(0.8 * columns + 2.6, 0.8 * rows + 1.0)
     channels = "" if kernel.shape[2] == 1 else f", mean over {kernel.shape[2]} input channels"
-    figure.suptitle(f"Learned filters of {layer.name}: {count} kernels {height}x{width}{channels}")
+    figure.suptitle(f"Learned filters of {layer_name}: {count} kernels {height}x{width}{channels}")
     axes = figure.add_subplot()
     drawn = plotting.show_mosaic(
         axes,
@@ -81,9 +61,7 @@ def _scaled(tiles: np.ndarray, axis: tuple[int, ...]) -> np.ndarray:
     return (tiles - low) / np.where(span > 0, span, 1.0)
 
 
-def feature_maps_figure(
-    layer: layers.Conv2D, images: np.ndarray, labels: np.ndarray, maps: np.ndarray
-) -> Figure:
+def feature_maps_figure(layer_name: str, images: np.ndarray, labels: np.ndarray, maps: np.ndarray) -> Figure:
     """Rows: one test image per class; left the image, right the layer's most active feature maps."""
     shown = min(FEATURE_MAPS_SHOWN, maps.shape[-1])
     # The maps with the largest mean activation over these images: many maps stay dark (dead ReLUs).
@@ -91,7 +69,7 @@ def feature_maps_figure(
     count = len(images)
     figure = plotting.new_figure(1.05 * (shown + 1) + 1.9, 1.05 * count + 1.1)
     figure.suptitle(
-        f"{layer.name}: the {shown} most active of its {maps.shape[-1]} feature maps "
+        f"{layer_name}: the {shown} most active of its {maps.shape[-1]} feature maps "
         f"({maps.shape[1]}x{maps.shape[2]}), one test image per class"
     )
     input_axes, maps_axes = figure.subplots(1, 2, width_ratios=[1, shown])
@@ -135,25 +113,21 @@ def misclassified_figure(images: np.ndarray, labels: np.ndarray, probabilities: 
 
 
 def model_figures(
-    model: keras.Model, test: Split, history_rows: list[dict[str, Any]]
+    outputs: ModelOutputs, test: Split, history_rows: list[dict[str, Any]]
 ) -> Iterator[tuple[str, Figure]]:
     """Yield (file stem, figure): filters, feature maps per conv layer, training curves, mistakes."""
-    convolutions = conv_layers(model)
-    if not convolutions:
-        raise DataError(
-            f"model {model.name!r} has no Conv2D layer: nothing to draw filters or feature maps of"
-        )
-    yield "first_conv_filters", filters_figure(convolutions[0])
-    images, labels = one_image_per_class(test)
-    for layer, maps in zip(convolutions, conv_outputs(model, images), strict=True):
-        yield f"feature_maps_{layer.name}", feature_maps_figure(layer, images, labels, maps)
+    if not outputs.conv_names:
+        raise DataError("the model has no Conv2D layer: nothing to draw filters or feature maps of")
+    yield "first_conv_filters", filters_figure(outputs.conv_names[0], outputs.first_conv_kernel)
+    images, labels = test.images[outputs.class_indices], test.labels[outputs.class_indices]
+    for name, maps in zip(outputs.conv_names, outputs.feature_maps, strict=True):
+        yield f"feature_maps_{name}", feature_maps_figure(name, images, labels, maps)
     yield "training_curves", plotting.plot_training_curves(history_rows)
-    probabilities = model.predict(test.images, batch_size=PREDICT_BATCH_SIZE, verbose=0)
-    yield "misclassified", misclassified_figure(test.images, test.labels, probabilities)
+    yield "misclassified", misclassified_figure(test.images, test.labels, outputs.probabilities)
 
 
 def render_model_figures(
-    model: keras.Model, test: Split, history_rows: list[dict[str, Any]], output_dir: Path
+    outputs: ModelOutputs, test: Split, history_rows: list[dict[str, Any]], output_dir: Path
 ) -> list[Path]:
     """Write every model figure as `<name>.png` in `output_dir`; return the paths written."""
-    return plotting.save_figures(model_figures(model, test, history_rows), output_dir)
+    return plotting.save_figures(model_figures(outputs, test, history_rows), output_dir)

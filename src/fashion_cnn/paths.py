@@ -55,6 +55,11 @@ class ProjectPaths:
         return self.model_dir / "mlflow_run.json"
 
     @property
+    def model_outputs_file(self) -> Path:
+        """Written by evaluate: what the model computed on the test split, for model_figures."""
+        return self.root / "data" / "evaluate" / "model_outputs.npz"
+
+    @property
     def reports_dir(self) -> Path:
         return self.root / "reports"
 

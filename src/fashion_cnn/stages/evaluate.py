@@ -1,6 +1,8 @@
 """Stage evaluate: test metrics, per-class scores and the confusion matrix of the trained model.
 
-It scores the model in data/model (fashion_cnn.evaluation) and logs into that model's MLflow run.
+It scores the model in data/model (fashion_cnn.evaluation), keeps what the model computed for the
+figures of what it learned (data/evaluate/model_outputs.npz, fashion_cnn.model_outputs) and logs
+into that model's MLflow run.
 """
 
 from __future__ import annotations
@@ -8,7 +10,16 @@ from __future__ import annotations
 import mlflow
 import numpy as np
 
-from fashion_cnn import CLASS_NAMES, evaluation, paths, plotting, records, server, trained_model
+from fashion_cnn import (
+    CLASS_NAMES,
+    evaluation,
+    model_outputs,
+    paths,
+    plotting,
+    records,
+    server,
+    trained_model,
+)
 from fashion_cnn.atomic import write_json_atomic, write_text_atomic
 from fashion_cnn.cli import stage_main
 from fashion_cnn.config import ProjectConfig
@@ -42,6 +53,10 @@ def evaluate(project: paths.ProjectPaths) -> dict:
         "train_seconds": train_metrics["train_seconds"],
         "hardware": evaluation.hardware(),
     }
+    model_outputs.write(
+        project.model_outputs_file,
+        model_outputs.compute(model, test_split, test["probabilities"], inputs["model"]["sha256"]),
+    )
     write_json_atomic(project.metrics_file, report)
     write_json_atomic(project.evaluate_dir / "inputs.json", inputs)
     write_text_atomic(project.evaluate_dir / "per_class.csv", evaluation.to_csv(test["per_class"]))
