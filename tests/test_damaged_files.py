@@ -407,7 +407,7 @@ INPUT_FILES = (
         Damage(
             copy_from_another_run("model_outputs.npz"),
             r"different runs",
-            "the outputs of a lenet5 model beside small_cnn's model",
+            "a lenet5 model's outputs",
             "'of different runs'",
         ),
     ),
@@ -607,7 +607,7 @@ def write_model_outputs(model_file: Path, project_paths: paths.ProjectPaths, des
 
     from fashion_cnn import data, evaluation, model_outputs, records
 
-    model = keras.saving.load_model(model_file, compile=False)
+    model = keras.saving.load_model(model_file, compile=False, safe_mode=True)
     test = data.load_split(project_paths.prepared_dir, "test")
     probabilities = evaluation.score(model, test)["probabilities"]
     model_outputs.write(

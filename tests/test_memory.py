@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,16 @@ def test_stage_writes_the_reports_and_logs_them(project: Path, run_stage) -> Non
     report = json.loads((project / "reports" / "memory.json").read_text())
     assert report["totals"]["parameters"] == 1_413_834 and report["batch_size"] == 32
     assert markdown.strip() in result.stdout
+    # The stage's last line splits its time into starting and its work (benchmarks/startup.py reads it).
+    done = re.search(
+        r"^stage memory done in ([\d.]+) s: ([\d.]+) s its work, ([\d.]+) s starting \(Python, imports, "
+        r"config\)$",
+        result.stdout,
+        re.M,
+    )
+    assert done is not None, result.stdout[-500:]
+    total, work, starting = map(float, done.groups())
+    assert starting > 0 and abs(total - work - starting) <= 0.11
 
     import mlflow
 

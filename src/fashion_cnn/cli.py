@@ -109,14 +109,19 @@ def stage_name(task: Callable[..., Any]) -> str:
     return (spec.name if spec is not None else task.__module__).rsplit(".", 1)[-1]
 
 
-def stage_done_line(name: str, work_started: float) -> str:
-    """How long the stage took since its process began importing the project, and how that time
-    split: starting (Python, imports, Hydra's composition, validation) and the stage's own work.
-    benchmarks/startup.py reads this line from `dvc repro`'s output."""
+# The first stage a process runs counts its time from the project's import; later ones (a Hydra
+# sweep's jobs, stages called in-process) from their own start.
+_PROCESS_START = [IMPORT_STARTED]
+
+
+def stage_done_line(name: str, started: float, work_started: float) -> str:
+    """How long the stage took and how that time split: starting (Python, imports, Hydra's
+    composition, validation) and the stage's own work. benchmarks/startup.py reads this line from
+    `dvc repro`'s output."""
     now = time.perf_counter()
     return (
-        f"stage {name} done in {now - IMPORT_STARTED:.1f} s: {now - work_started:.1f} s its work, "
-        f"{work_started - IMPORT_STARTED:.1f} s starting (Python, imports, config)"
+        f"stage {name} done in {now - started:.1f} s: {now - work_started:.1f} s its work, "
+        f"{work_started - started:.1f} s starting (Python, imports, config)"
     )
 
 
@@ -139,11 +144,13 @@ def stage_main(task: Callable[[ProjectConfig, paths.ProjectPaths], Any]) -> Call
 
         @hydra.main(version_base="1.3", config_path=None, config_name=STAGE_CONFIG_NAME)
         def hydra_app(cfg: DictConfig) -> None:
+            job_started = time.perf_counter()
             try:
                 config = validate(to_plain_dict(cfg))
                 work_started = time.perf_counter()
                 task(config, project)
-                print(stage_done_line(stage_name(task), work_started), file=sys.stderr, flush=True)
+                started = _PROCESS_START.pop() if _PROCESS_START else job_started
+                print(stage_done_line(stage_name(task), started, work_started), flush=True)
             except FashionCnnError as error:
                 print(f"error: {error}", file=sys.stderr)
                 sys.exit(1)
