@@ -16,14 +16,16 @@ QUICK_TOLERANCE ?= 0.01
 MLFLOW_PORT ?= 5000
 # Extra options of `make bench`, e.g. BENCH_ARGS="--steps 64 --repeats 5" (python -m benchmarks.train_throughput -h).
 BENCH_ARGS ?=
+# Extra options of `make bench-startup`, e.g. STARTUP_ARGS="--rounds 5 --baseline main" (python -m benchmarks.startup -h).
+STARTUP_ARGS ?=
 # Port of `make serve`, the trained model's HTTP endpoint (bound to 127.0.0.1 only; 0 picks a free port).
 SERVE_PORT ?= 5001
 # Stage commands in dvc.yaml run `python`: make it the project's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup dataset browser repro test test-slow reproduce reproduce-quick bench race race-spread recipe-sweep \
-	recipe-report recipe-finalist reproduce-recipe ui compare serve lint format clean
+.PHONY: help setup dataset browser repro test test-slow reproduce reproduce-quick bench bench-startup race race-spread \
+	recipe-sweep recipe-report recipe-finalist reproduce-recipe ui compare serve lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -73,6 +75,9 @@ reproduce-quick: setup ## The same for the few-minute quick profile (reports/qui
 bench: setup ## Time training vs the seed's Keras code, the train stage, dvc repro (reports/benchmarks.json, docs/performance.md; ~12 min)
 	python -m benchmarks.train_throughput $(BENCH_ARGS)
 	python -m benchmarks.table --doc docs/performance.md
+
+bench-startup: setup ## dvc repro of the quick profile from nothing, a baseline commit vs the working tree, per stage (reports/startup.json, docs/performance.md; run alone)
+	python -m benchmarks.startup $(STARTUP_ARGS)
 
 race: setup ## Time the seed recipe and each preset of conf/race.yaml side by side (reports/race.json, race.png; 26 min on 2 cores; run alone)
 	python -m fashion_cnn.tools.race
