@@ -795,10 +795,7 @@ def test_a_damaged_file_stops_its_reader_with_one_line_and_touches_nothing(
     assert len(line) < 600, line
     after = snapshot(run.project)
     changed = {name for name in run.before.keys() | after.keys() if run.before.get(name) != after.get(name)}
-    # train records its new MLflow run in data/model/mlflow_run.json as the run starts, before it
-    # reads its data (stages/train.py); test_a_failed_training_leaves_the_run_record_alone says so.
-    allowed = {"data/model/mlflow_run.json"} if row.reader == "train" else set()
-    assert changed <= allowed, changed
+    assert changed == set(), changed
 
 
 @pytest.mark.parametrize("name", list(INTACT))
@@ -814,11 +811,6 @@ def test_no_mlflow_run_is_left_running(template: Template, case_runs: dict[str, 
     assert "FAILED" in statuses and "RUNNING" not in statuses, statuses
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stages/train.py writes data/model/mlflow_run.json when its run starts, before reading its "
-    "data, so a failed training points the existing model at the failed run",
-)
 def test_a_failed_training_leaves_the_run_record_alone(case_runs: dict[str, CaseRun]) -> None:
     run = case_runs["validation.npz:wrong_dtype"]
     assert run.code == 1

@@ -100,6 +100,9 @@ def save_and_log(
         write_text_atomic(project.model_dir / "summary.txt", summary)
         history.write_history(project.history_file, rows)
         write_json_atomic(project.train_metrics_file, metrics)
+        # The run these outputs belong to, with them: a training that fails or is stopped leaves the
+        # previous model beside its own run, not beside the run that failed.
+        tracking.write_run_info(project, mlflow.active_run())
     server.log_safely(
         mlflow.log_metrics,
         {"train_seconds": metrics["train_seconds"], "seconds_per_epoch": metrics["seconds_per_epoch"]},
@@ -148,9 +151,8 @@ def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
         checkpoint.training_lock(project.train_lock_file),
         tracking.stage_run(
             project, config, "train", run_name(config, overrides), config.tracking.experiment_name, overrides
-        ) as run,
+        ),
     ):
-        tracking.write_run_info(project, run)
         train(config, project, task)
 
 
