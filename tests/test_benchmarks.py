@@ -277,3 +277,10 @@ def test_baseline_exported_from_git_without_touching_the_repository(tmp_path: Pa
     assert startup.candidate_identity(repository)["working_tree_changes"] is True
     with pytest.raises(FashionCnnError, match="not a commit"):
         startup.export_ref(repository, "no-such-ref", tmp_path / "other")
+
+
+def test_the_committed_start_up_table_is_the_committed_report() -> None:
+    root = Path(__file__).resolve().parents[1]
+    report = json.loads((root / "reports" / "startup.json").read_text())
+    assert report["complete"] and report["summary"]["ratio"]["of_medians"] > 0
+    assert startup_table.format_report(report) in (root / "docs" / "performance.md").read_text()
