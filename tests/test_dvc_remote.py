@@ -74,7 +74,9 @@ def test_dvc_push_then_pull_in_a_fresh_clone_restores_everything_without_retrain
     # No mirror either: a download would fail.
     monkeypatch.delenv(fetch.MIRROR_ENV_VAR)
 
-    run_command([DVC, "pull"], clone)
+    # What `dvc repro train` made: train's outputs and its upstream stages' (the later stages' entries in
+    # dvc.lock are the committed ones, not of this run).
+    run_command([DVC, "pull", "--with-deps", "train"], clone)
     for folder in CACHED_OUTPUTS:
         assert file_digests(clone, folder) == file_digests(project, folder), folder
     model_mtime = (clone / "data" / "model" / "model.keras").stat().st_mtime_ns
