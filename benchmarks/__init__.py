@@ -11,6 +11,6 @@ from pathlib import Path
 
 def default_report_path() -> Path:
     """reports/benchmarks.json of the project found from the working directory."""
-    from fashion_cnn import paths
+    from fashion_cnn.utils import paths
 
     return paths.project_paths().reports_dir / "benchmarks.json"

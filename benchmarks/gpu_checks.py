@@ -13,8 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from fashion_cnn.paths import find_root
-from fashion_cnn.race_report import LARGE_BATCH, load_race_config
+from fashion_cnn.reproduction.race_report import LARGE_BATCH, load_race_config
+from fashion_cnn.utils.paths import find_root
 
 
 def gpu_checks(params: dict[str, str], test_accuracy: float, min_accuracy: float) -> dict[str, bool]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from benchmarks.workers import run_worker
 from fashion_cnn.errors import FashionCnnError
-from fashion_cnn.reproduction import make_clean_copy
+from fashion_cnn.reproduction.clean_copy import make_clean_copy
 from fashion_cnn.tools.reproduce import profile_overrides
 
 # DVC prints this line when it starts a stage's command (and nothing per stage when all is up to date).

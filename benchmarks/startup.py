@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import pipeline_timing, startup_table, table
-from fashion_cnn import machine, paths
-from fashion_cnn.atomic import write_json_atomic
-from fashion_cnn.cli import run_cli
+from fashion_cnn.config.cli import run_cli
 from fashion_cnn.errors import FashionCnnError
-from fashion_cnn.reproduction import make_clean_copy, read_json
+from fashion_cnn.reproduction.clean_copy import make_clean_copy, read_json
+from fashion_cnn.utils import machine, paths
+from fashion_cnn.utils.atomic import write_json_atomic
 
 # main of 2026-11-26, when the issue asking for this benchmark was filed.
 BASELINE_REF = "0e8defc"

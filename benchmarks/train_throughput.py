@@ -20,13 +20,14 @@ from typing import Any
 
 from benchmarks import default_report_path, pipeline_timing, table
 from benchmarks.workers import SEED_BATCH_SIZE, compose_config, run_worker
-from fashion_cnn import data, fetch, machine, paths
-from fashion_cnn.atomic import write_json_atomic
-from fashion_cnn.cli import run_cli
-from fashion_cnn.costs import layer_costs
+from fashion_cnn.config.cli import run_cli
+from fashion_cnn.data import fetch, splits
 from fashion_cnn.errors import FashionCnnError
-from fashion_cnn.model import ModelConfig, count_parameters
+from fashion_cnn.model.architecture import ModelConfig, count_parameters
+from fashion_cnn.model.costs import layer_costs
 from fashion_cnn.stages import prepare
+from fashion_cnn.utils import machine, paths
+from fashion_cnn.utils.atomic import write_json_atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,7 +213,7 @@ def run_benchmark(options: argparse.Namespace, output: Path | None = None) -> di
             "batch_size": SEED_BATCH_SIZE,
             "model": project_config.model.name,
             "parameters": count_parameters(project_config.model),
-            "training_images": len(data.load_npz(prepared_dir / "train.npz", ("labels",))["labels"]),
+            "training_images": len(splits.load_npz(prepared_dir / "train.npz", ("labels",))["labels"]),
             "prepared_data": prepared_source,
             # Anything else running (a load near the core count) slows every variant: check this first.
             "load_average_at_start": os.getloadavg(),

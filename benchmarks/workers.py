@@ -1,7 +1,7 @@
 """The measured processes, `python -m benchmarks.workers JOB RESULT`: one timed training run each.
 
 JOB is JSON: the kind (`seed`: the notebook's code as written, importing nothing of this project; `project`:
-`fashion_cnn.training.fit` set up as the train stage does, without MLflow and saving; `stage`: the whole
+`fashion_cnn.training.loop.fit` set up as the train stage does, without MLflow and saving; `stage`: the whole
 `python -m fashion_cnn.stages.train`), warm-up and timed steps. The timed window runs from the start of the
 first step after the warm-up to the start of the step after the timed ones.
 """
@@ -133,7 +133,8 @@ def compose_config(root: Path, overrides: list[str]) -> Any:
     """params.yaml of `root` plus overrides, validated: what the train stage runs with."""
     from hydra import compose, initialize
 
-    from fashion_cnn import cli, config
+    from fashion_cnn.config import cli
+    from fashion_cnn.config import schema as config
 
     cli.register_stage_config(root)
     with initialize(version_base="1.3", config_path=None):
@@ -143,7 +144,9 @@ def compose_config(root: Path, overrides: list[str]) -> Any:
 def run_project(job: dict[str, Any], clock: StepClock) -> dict[str, Any]:
     """The train stage's own steps before and during fit, without MLflow and saving."""
     # Imported here, not at the top: the seed's process must not load this project's modules.
-    from fashion_cnn import data, distribute, model, runtime, training
+    from fashion_cnn.data import splits as data
+    from fashion_cnn.model import architecture as model
+    from fashion_cnn.training import distribute, loop, runtime
 
     imported = time.time()
     config = compose_config(Path(job["root"]), job["overrides"])
@@ -155,21 +158,21 @@ def run_project(job: dict[str, Any], clock: StepClock) -> dict[str, Any]:
     loaded = time.time()
     # fit() builds its callback from the module's EpochReport: swap in the clocked subclass. Not the chief:
     # nothing is logged to MLflow.
-    training.EpochReport = clock.callback(training.EpochReport, "raise")
+    loop.EpochReport = clock.callback(loop.EpochReport, "raise")
     with contextlib.suppress(BenchmarkDone):
-        training.fit(config, *splits, settings, strategy, chief=False)
+        loop.fit(config, *splits, settings, strategy, chief=False)
     loading = {"seconds_imports": imported - SPAWNED_AT, "seconds_data_loading": loaded - imported}
     return clock.summary(config.train.batch_size, parameters=model.count_parameters(config.model), **loading)
 
 
 def run_stage(job: dict[str, Any], clock: StepClock) -> dict[str, Any]:
     """`python -m fashion_cnn.stages.train` (root from $FASHION_CNN_ROOT), stopped after the steps."""
-    from fashion_cnn import training
     from fashion_cnn.stages import train as train_stage
+    from fashion_cnn.training import loop
 
     imported = time.time()
     # stop_training, not an exception: the stage then validates, saves and logs as it always does.
-    training.EpochReport = clock.callback(training.EpochReport, "stop")
+    loop.EpochReport = clock.callback(loop.EpochReport, "stop")
     sys.argv = ["fashion_cnn.stages.train"]
     try:
         train_stage.main()

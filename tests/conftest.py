@@ -23,8 +23,9 @@ from hydra import compose, initialize
 from PIL import Image
 from servers import VENV_BIN, HttpMirror, MirrorServer, MlflowServer, running_mlflow_server
 
-from fashion_cnn import cli, config, fetch, idx
-from fashion_cnn.idx import encode_idx
+from fashion_cnn.config import cli, schema
+from fashion_cnn.data import fetch, idx
+from fashion_cnn.data.idx import encode_idx
 from fashion_cnn.stages import prepare
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -260,14 +261,14 @@ def run_stage() -> Callable[..., subprocess.CompletedProcess[str]]:
 
 
 @pytest.fixture
-def make_config() -> Callable[..., config.ProjectConfig]:
+def make_config() -> Callable[..., schema.ProjectConfig]:
     """Compose and validate what a stage runs with: params.yaml (the repo's or `root`'s) + overrides."""
 
-    def compose_config(*overrides: str, root: Path = REPO_ROOT) -> config.ProjectConfig:
+    def compose_config(*overrides: str, root: Path = REPO_ROOT) -> schema.ProjectConfig:
         cli.register_stage_config(root)
         with initialize(version_base="1.3", config_path=None):
             composed = compose(cli.STAGE_CONFIG_NAME, overrides=list(overrides))
-        return config.validate(config.to_plain_dict(composed))
+        return schema.validate(schema.to_plain_dict(composed))
 
     return compose_config
 

@@ -18,8 +18,11 @@ import yaml
 from conftest import copy_project, make_synthetic_raw
 from PIL import Image
 
-from fashion_cnn import checkpoint, config, history, paths, tracking
+from fashion_cnn.config import schema
 from fashion_cnn.stages import prepare
+from fashion_cnn.tracking import runs
+from fashion_cnn.training import checkpoint, history
+from fashion_cnn.utils import paths
 
 
 @dataclass(frozen=True)
@@ -40,21 +43,22 @@ class Template:
 TEMPLATE_OVERRIDES = {"validation_size": 20, "epochs": 2, "batch_size": 20}
 
 
-def template_params(project: Path) -> config.ProjectConfig:
+def template_params(project: Path) -> schema.ProjectConfig:
     """Shrink the copy's params.yaml to the template's run (train's fingerprint is taken from it)."""
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["model"] = yaml.safe_load((project / "conf" / "model" / "small_cnn.yaml").read_text())
     params["data"]["validation_size"] = TEMPLATE_OVERRIDES["validation_size"]
     params["train"].update(epochs=TEMPLATE_OVERRIDES["epochs"], batch_size=TEMPLATE_OVERRIDES["batch_size"])
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return config.validate(params)
+    return schema.validate(params)
 
 
-def interrupted_training(run_config: config.ProjectConfig, prepared_dir: Path, checkpoint_dir: Path) -> None:
+def interrupted_training(run_config: schema.ProjectConfig, prepared_dir: Path, checkpoint_dir: Path) -> None:
     """Train with train.checkpoint on and stop right after epoch 1 is saved, as Ctrl-C would."""
     import mlflow
 
-    from fashion_cnn import data, runtime, training
+    from fashion_cnn.data import splits as data
+    from fashion_cnn.training import loop, runtime
 
     original = checkpoint.ResumableTraining.on_epoch_end
 
@@ -72,16 +76,16 @@ def interrupted_training(run_config: config.ProjectConfig, prepared_dir: Path, c
         pytest.raises(KeyboardInterrupt),
     ):
         patch.setattr(checkpoint.ResumableTraining, "on_epoch_end", save_then_stop)
-        training.fit(run_config, *splits, settings, None, checkpoint_dir=checkpoint_dir)
+        loop.fit(run_config, *splits, settings, None, checkpoint_dir=checkpoint_dir)
 
 
-def logged_run(project_paths: paths.ProjectPaths, run_config: config.ProjectConfig) -> dict[str, str]:
+def logged_run(project_paths: paths.ProjectPaths, run_config: schema.ProjectConfig) -> dict[str, str]:
     """A finished MLflow run in the template's experiment with the config logged as train logs it."""
     import mlflow
 
-    experiment_id = tracking.use_experiment(project_paths, run_config.tracking.experiment_name)
+    experiment_id = runs.use_experiment(project_paths, run_config.tracking.experiment_name)
     with mlflow.start_run(experiment_id=experiment_id, run_name="train") as run:
-        tracking.log_config(run_config)
+        runs.log_config(run_config)
     return {
         "run_id": run.info.run_id,
         "experiment_id": experiment_id,
@@ -93,11 +97,13 @@ def write_model_outputs(model_file: Path, project_paths: paths.ProjectPaths, des
     """What evaluate writes for model_figures, computed with the model in `model_file` on the test split."""
     import keras
 
-    from fashion_cnn import data, evaluation, model_outputs, records
+    from fashion_cnn.data import splits as data
+    from fashion_cnn.evaluation import model_outputs, scores
+    from fashion_cnn.utils import records
 
     model = keras.saving.load_model(model_file, compile=False, safe_mode=True)
     test = data.load_split(project_paths.prepared_dir, "test")
-    probabilities = evaluation.score(model, test)["probabilities"]
+    probabilities = scores.score(model, test)["probabilities"]
     model_outputs.write(
         destination, model_outputs.compute(model, test, probabilities, records.sha256(model_file))
     )
@@ -107,7 +113,7 @@ def make_template(base: Path) -> Template:
     """The template project and another run's files, made by the project's own writers."""
     import keras
 
-    from fashion_cnn.model import build_model
+    from fashion_cnn.model.architecture import build_model
 
     project = copy_project(base / "template")
     template = Template(project, base / "mlflow.db", base / "other-run")
@@ -120,7 +126,7 @@ def make_template(base: Path) -> Template:
     keras.utils.set_random_seed(0)
     project_paths.model_dir.mkdir(parents=True)
     build_model(run_config.model).save(project_paths.model_file)
-    config.save_resolved(run_config, project_paths.model_dir / "config.yaml")
+    schema.save_resolved(run_config, project_paths.model_dir / "config.yaml")
     project_paths.run_info_file.write_text(json.dumps(logged_run(project_paths, run_config)))
     write_model_outputs(project_paths.model_file, project_paths, project_paths.model_outputs_file)
     rows = [
@@ -138,9 +144,9 @@ def make_template(base: Path) -> Template:
     # Another run's files: a lenet5 model, its config and MLflow run; a model for other images;
     # the weights of another small_cnn initialization.
     lenet5 = yaml.safe_load((project / "conf" / "model" / "lenet5.yaml").read_text())
-    other_config = config.validate({**run_config.model_dump(mode="json"), "model": lenet5})
+    other_config = schema.validate({**run_config.model_dump(mode="json"), "model": lenet5})
     build_model(other_config.model).save(template.other_run / "model.keras")
-    config.save_resolved(other_config, template.other_run / "config.yaml")
+    schema.save_resolved(other_config, template.other_run / "config.yaml")
     (template.other_run / "mlflow_run.json").write_text(json.dumps(logged_run(project_paths, other_config)))
     write_model_outputs(
         template.other_run / "model.keras", project_paths, template.other_run / "model_outputs.npz"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from fashion_cnn import quiet
-from fashion_cnn.atomic import write_text_atomic
+from fashion_cnn.utils import quiet
+from fashion_cnn.utils.atomic import write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PAGE = REPO_ROOT / "docs" / "reliability.md"

@@ -17,7 +17,8 @@ from hydra import compose, initialize, initialize_config_dir
 from omegaconf import OmegaConf
 from servers import free_port
 
-from fashion_cnn import cli, config, errors
+from fashion_cnn import errors
+from fashion_cnn.config import cli, schema
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,13 +50,13 @@ def compose_stage(*overrides: str) -> dict:
     cli.register_stage_config(REPO_ROOT)
     with initialize(version_base="1.3", config_path=None):
         composed = compose(cli.STAGE_CONFIG_NAME, overrides=list(overrides))
-    return config.to_plain_dict(composed)
+    return schema.to_plain_dict(composed)
 
 
 def test_stage_config_is_params_yaml(make_config) -> None:
     # The DVC pitfall to avoid: a stage composing conf/ (or anything else) instead of params.yaml.
     assert compose_stage() == committed_params()
-    assert make_config() == config.validate(committed_params())
+    assert make_config() == schema.validate(committed_params())
 
 
 @pytest.mark.parametrize(
@@ -64,7 +65,7 @@ def test_stage_config_is_params_yaml(make_config) -> None:
 def test_every_model_preset_composes_and_validates(preset: str, make_config) -> None:
     composed = compose_conf(f"model={preset}")
     assert composed["model"] == conf_preset("model", preset)
-    config.validate(composed)
+    schema.validate(composed)
     # The same preset swapped into a stage's run over params.yaml.
     assert make_config(f"model={preset}").model.model_dump(mode="json")["name"] == preset
 

@@ -39,7 +39,10 @@ import yaml
 from damaged_template import Template, make_template
 from test_reliability import BATCH_RUNNER, NOTICE, run_statuses, subprocess_environment
 
-from fashion_cnn import checkpoint, config, idx, paths
+from fashion_cnn.config import schema
+from fashion_cnn.data import idx
+from fashion_cnn.training import checkpoint
+from fashion_cnn.utils import paths
 
 # ---- the kinds of damage (columns) ----
 
@@ -718,9 +721,10 @@ def test_an_interrupted_training_resumes_from_the_template_checkpoint(
     and ends with the metrics of a run that was never interrupted."""
     import mlflow
 
-    from fashion_cnn import data, runtime, training
+    from fashion_cnn.data import splits as data
+    from fashion_cnn.training import loop, runtime
 
-    run_config = config.validate(yaml.safe_load((template.project / "params.yaml").read_text()))
+    run_config = schema.validate(yaml.safe_load((template.project / "params.yaml").read_text()))
     project_paths = paths.ProjectPaths(template.project)
     splits = [data.load_split(project_paths.prepared_dir, name) for name in ("train", "validation")]
     settings = runtime.resolve_runtime(run_config.train, "CPU", None)
@@ -731,7 +735,7 @@ def test_an_interrupted_training_resumes_from_the_template_checkpoint(
     for directory in (checkpoint_dir, None):  # resumed, then uninterrupted
         runtime.seed_everything(run_config.seed, run_config.train.deterministic)
         with mlflow.start_run():
-            _, rows = training.fit(run_config, *splits, settings, None, checkpoint_dir=directory)
+            _, rows = loop.fit(run_config, *splits, settings, None, checkpoint_dir=directory)
         # Times differ from run to run; every other number must not.
         histories.append([{key: row[key] for key in row if key != "epoch_seconds"} for row in rows])
     printed = capsys.readouterr().out

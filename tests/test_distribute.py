@@ -16,7 +16,10 @@ import yaml
 from conftest import tiny_arrays
 from servers import free_port
 
-from fashion_cnn import config, data, distribute, errors
+from fashion_cnn import errors
+from fashion_cnn.config import schema
+from fashion_cnn.data import splits as data
+from fashion_cnn.training import distribute
 
 # The tiny profile: small_cnn, 2 epochs, 32 images per gradient step.
 TINY_RUN = ["model=small_cnn", "train.epochs=2"]
@@ -116,7 +119,7 @@ def make_tiny_project(destination: Path, repo_root: Path) -> Path:
     for name in ("params.yaml", "dvc.yaml"):
         shutil.copy(repo_root / name, destination / name)
     shutil.copytree(repo_root / "conf", destination / "conf")
-    data_config = config.validate(yaml.safe_load((repo_root / "params.yaml").read_text())).data
+    data_config = schema.validate(yaml.safe_load((repo_root / "params.yaml").read_text())).data
     splits, mean, std = data.split_and_standardize(
         *tiny_arrays(test_count=100), data_config.model_copy(update={"validation_size": 200})
     )
@@ -137,7 +140,9 @@ MIRRORED_SCRIPT = textwrap.dedent(
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
     from hydra import compose, initialize
-    from fashion_cnn import cli, config, data, distribute, runtime, training
+    from fashion_cnn.config import cli, schema
+    from fashion_cnn.data import splits as data
+    from fashion_cnn.training import distribute, loop, runtime
 
     root = Path(sys.argv[1])
     cli.register_stage_config(root)

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from servers import gzip_bomb
 
-from fashion_cnn import atomic, fetch, idx
+from fashion_cnn.data import fetch, idx
 from fashion_cnn.errors import DataError
 from fashion_cnn.stages import prepare
+from fashion_cnn.utils import atomic
 
 # Short enough to keep the suite fast, long enough for a loaded machine to answer 127.0.0.1.
 TIMEOUT_SECONDS = 0.5
@@ -29,7 +30,7 @@ TRICKLE_DEADLINE_SECONDS = 1.0
 
 
 reliability = pytest.mark.reliability
-LOG_NAME = "fashion_cnn.fetch"
+LOG_NAME = "fashion_cnn.data.fetch"
 LARGEST = "train-images-idx3-ubyte"
 
 

@@ -12,7 +12,7 @@ import mlflow
 import pytest
 from conftest import needs_dataset
 
-from fashion_cnn import paths
+from fashion_cnn.utils import paths
 
 DVC = str(Path(sys.executable).parent / "dvc")
 QUEUE_TIMEOUT_SECONDS = 900

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import DATASET_DIR, needs_dataset
 
-from fashion_cnn import fetch
+from fashion_cnn.data import fetch
 
 DVC = str(Path(sys.executable).parent / "dvc")
 # The stages whose outputs live in the DVC cache (and so on the remote); reports are committed to git.

@@ -25,7 +25,8 @@ import pytest
 import yaml
 from conftest import DATASET_DIR, needs_dataset
 
-from fashion_cnn import fetch, training
+from fashion_cnn.data import fetch
+from fashion_cnn.training import loop
 
 DVC = str(Path(sys.executable).parent / "dvc")
 EPOCHS = 5
@@ -314,8 +315,8 @@ def test_a_checkpoint_of_other_params_is_discarded_not_resumed(make_config, tmp_
     import mlflow
     import numpy as np
 
-    from fashion_cnn import checkpoint, runtime
-    from fashion_cnn.data import Split
+    from fashion_cnn.data.splits import Split
+    from fashion_cnn.training import checkpoint, runtime
 
     checkpoint_dir = tmp_path / "checkpoints" / "train"
     checkpoint_dir.mkdir(parents=True)
@@ -331,7 +332,7 @@ def test_a_checkpoint_of_other_params_is_discarded_not_resumed(make_config, tmp_
     settings = runtime.resolve_runtime(config.train, "CPU", None)
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     with mlflow.start_run():
-        _, rows = training.fit(config, split, split, settings, None, checkpoint_dir=checkpoint_dir)
+        _, rows = loop.fit(config, split, split, settings, None, checkpoint_dir=checkpoint_dir)
     printed = capsys.readouterr().out
     assert f"discarding the checkpoint in {checkpoint_dir}" in printed
     assert "resuming" not in printed

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fashion_cnn import costs, errors, layers, model
+from fashion_cnn import errors
+from fashion_cnn.model import architecture, costs, layers
 
 # Multiply-adds per image of the seed CNN, layer by layer:
 # conv 64 7x7 on 28x28x1, conv 128 3x3 on 14x14x64, conv 128 3x3 on 14x14x128, conv 256 3x3 on 7x7x128,
@@ -26,9 +27,9 @@ SEED_CNN_MULTIPLY_ADDS = (
 )
 
 
-def tiny_model_config() -> model.ModelConfig:
+def tiny_model_config() -> architecture.ModelConfig:
     """Input 4x4x1 -> conv 2 (4x4x2 = 32 values) -> max pool (2x2x2 = 8) -> flatten (8) -> dense 10."""
-    return model.ModelConfig(
+    return architecture.ModelConfig(
         name="tiny",
         input_shape=[4, 4, 1],
         layers=[
@@ -69,7 +70,7 @@ def test_format_bytes_uses_decimal_units(count: int, text: str) -> None:
 def test_default_model_numbers(make_config) -> None:
     project_config = make_config()
     report = costs.memory_report(project_config.model, project_config.train.batch_size)
-    assert report["totals"]["parameters"] == 1_413_834 == model.count_parameters(project_config.model)
+    assert report["totals"]["parameters"] == 1_413_834 == architecture.count_parameters(project_config.model)
     assert report["totals"]["multiply_adds"] == SEED_CNN_MULTIPLY_ADDS
     first_conv = report["layers"][1]
     assert first_conv["name"] == "00_conv" and first_conv["output_shape"] == [28, 28, 64]
@@ -80,7 +81,7 @@ def test_default_model_numbers(make_config) -> None:
 
 def test_parameters_per_layer_equal_keras(make_config) -> None:
     project_config = make_config("model=lenet5")
-    keras_model = model.build_model(project_config.model)
+    keras_model = architecture.build_model(project_config.model)
     layer_costs = costs.layer_costs(project_config.model)[1:]
     assert [cost.parameters for cost in layer_costs] == [layer.count_params() for layer in keras_model.layers]
     assert [cost.output_shape for cost in layer_costs] == [

@@ -28,10 +28,11 @@ from conftest import DATASET_DIR, HAS_DATASET, make_synthetic_raw, missing_requi
 from PIL import Image
 from servers import VENV_BIN, MlflowServer, free_port
 
-from fashion_cnn import config as config_module
-from fashion_cnn import data, fetch, tracking
+from fashion_cnn.config import schema as config_module
+from fashion_cnn.data import fetch, splits
 from fashion_cnn.stages import prepare
 from fashion_cnn.tools import predict
+from fashion_cnn.tracking import runs
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +72,7 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory, project_copier) -> Ti
         raw_dir = make_synthetic_raw(root.parent / "raw", n_train=1600, n_test=500).directory
     params = config_module.validate(yaml.safe_load((root / "params.yaml").read_text()))
     prepare.prepare(raw_dir, root / "data" / "prepared", params.data.model_copy(update=TINY_DATA))
-    test_images, test_labels = data.load_raw(raw_dir, "t10k")
+    test_images, test_labels = splits.load_raw(raw_dir, "t10k")
     count = TINY_DATA["max_test_images"]
     return TinyProject(root, test_images[:count], test_labels[:count])
 
@@ -191,7 +192,7 @@ def test_logged_model_loads_over_the_server_and_predicts_like_the_local_one(
     mlflow.set_tracking_uri(trained_runs.server.url)
     logged = mlflow.keras.load_model(f"runs:/{trained_runs.run_ids[OPTIMIZERS[-1]]}/model")
     local = keras.saving.load_model(trained_runs.project.root / "data/model/model.keras", safe_mode=True)
-    images = data.load_split(trained_runs.project.root / "data/prepared", "test").images[:8]
+    images = splits.load_split(trained_runs.project.root / "data/prepared", "test").images[:8]
     np.testing.assert_allclose(logged.predict(images, verbose=0), local.predict(images, verbose=0), atol=1e-6)
 
 
@@ -304,9 +305,9 @@ def test_the_experiment_opens_on_its_runs_table_in_headless_chromium(
         trained_runs.server, "/api/2.0/mlflow/experiments/get", experiment_id=trained_runs.experiment_id
     )["experiment"]
     tags = {tag["key"]: tag["value"] for tag in experiment["tags"]}
-    assert tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    assert tags[runs.EXPERIMENT_KIND_TAG] == "custom_model_development"
     # The address `make ui` prints.
-    url = tracking.runs_table_url(trained_runs.server.url, trained_runs.experiment_id)
+    url = runs.runs_table_url(trained_runs.server.url, trained_runs.experiment_id)
     screenshot = tmp_path / "experiment.png"
     dom = headless_chromium(url, tmp_path / "profile", "--dump-dom", f"--screenshot={screenshot}")
     names = [

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fashion_cnn import config as config_module
-from fashion_cnn import model
+from fashion_cnn.config import schema as config_module
+from fashion_cnn.model import architecture
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_LAYER_TYPES = [
@@ -35,8 +35,8 @@ def model_config(layers: list[dict] | None = None, preset: str | None = None) ->
 def test_default_model_is_the_seed_cnn_with_1413834_parameters():
     default = model_config()
     assert [layer.type for layer in default.layers] == SEED_LAYER_TYPES
-    assert model.count_parameters(default) == 1_413_834
-    keras_model = model.build_model(default)
+    assert architecture.count_parameters(default) == 1_413_834
+    keras_model = architecture.build_model(default)
     assert keras_model.count_params() == 1_413_834
     assert [type(layer).__name__ for layer in keras_model.layers] == [
         "Conv2D", "MaxPooling2D", "Conv2D", "Conv2D", "MaxPooling2D", "Conv2D", "Conv2D",
@@ -48,8 +48,8 @@ def test_default_model_is_the_seed_cnn_with_1413834_parameters():
 
 def test_inferred_shapes_match_keras():
     default = model_config()
-    inferred = [item.output_shape for item in model.infer_shapes(default)]
-    keras_model = model.build_model(default)
+    inferred = [item.output_shape for item in architecture.infer_shapes(default)]
+    keras_model = architecture.build_model(default)
     assert inferred == [tuple(layer.output.shape[1:]) for layer in keras_model.layers]
     assert inferred[0] == (28, 28, 64)
     assert inferred[7] == (3, 3, 256)
@@ -59,11 +59,13 @@ def test_inferred_shapes_match_keras():
 @pytest.mark.parametrize("preset", ["seed_cnn", "lenet5", "small_cnn"])
 def test_presets_build_with_the_inferred_parameter_count(preset):
     preset_config = model_config(preset=preset)
-    assert model.build_model(preset_config).count_params() == model.count_parameters(preset_config)
+    assert architecture.build_model(preset_config).count_params() == architecture.count_parameters(
+        preset_config
+    )
 
 
 def test_lenet5_has_its_classic_shapes():
-    shapes = [item.output_shape for item in model.infer_shapes(model_config(preset="lenet5"))]
+    shapes = [item.output_shape for item in architecture.infer_shapes(model_config(preset="lenet5"))]
     assert shapes[:4] == [(28, 28, 6), (14, 14, 6), (10, 10, 16), (5, 5, 16)]
 
 
@@ -76,20 +78,20 @@ def test_valid_convolution_that_shrinks_to_zero_names_the_layer_and_key():
         {"type": "dense", "units": 10, "activation": "softmax"},
     ]
     with pytest.raises(config_module.ConfigError, match=r"model\.layers\.2\.kernel_size = 13.*0x0"):
-        model.infer_shapes(model_config(layers))
+        architecture.infer_shapes(model_config(layers))
 
 
 def test_too_many_pooling_layers_name_the_first_that_empties_the_image():
     layers = [{"type": "max_pool", "pool_size": 2} for _ in range(6)]
     layers += [{"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softmax"}]
     with pytest.raises(config_module.ConfigError, match=r"model\.layers\.4\.pool_size"):
-        model.build_model(model_config(layers))
+        architecture.build_model(model_config(layers))
 
 
 def test_dense_on_an_image_asks_for_flatten():
     layers = [{"type": "dense", "units": 10, "activation": "softmax"}]
     with pytest.raises(config_module.ConfigError, match=r"model\.layers\.0.*flatten"):
-        model.infer_shapes(model_config(layers))
+        architecture.infer_shapes(model_config(layers))
 
 
 @pytest.mark.parametrize(

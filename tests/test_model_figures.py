@@ -12,22 +12,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fashion_cnn import (
-    CLASS_NAMES,
-    config,
-    data,
-    evaluation,
-    history,
-    learned_figures,
-    model,
-    model_outputs,
-    paths,
-    plotting,
-    records,
-    tracking,
-    trained_model,
-)
+from fashion_cnn import CLASS_NAMES
+from fashion_cnn.config import schema
+from fashion_cnn.data import splits
 from fashion_cnn.errors import DataError
+from fashion_cnn.evaluation import model_outputs, scores
+from fashion_cnn.figures import learned, plotting
+from fashion_cnn.model import architecture
+from fashion_cnn.tracking import runs
+from fashion_cnn.training import history, trained_model
+from fashion_cnn.utils import paths, records
 
 HISTORY_CSV = (
     "epoch,loss,accuracy,val_loss,val_accuracy,epoch_seconds\n"
@@ -53,14 +47,14 @@ def model_project(project: Path, make_config) -> Path:
     project_paths = paths.ProjectPaths(project)
     keras.utils.set_random_seed(0)
     trained_config = make_config("model=small_cnn")
-    keras_model = model.build_model(trained_config.model)
+    keras_model = architecture.build_model(trained_config.model)
     project_paths.model_dir.mkdir(parents=True)
     keras_model.save(project_paths.model_file)
-    config.save_resolved(trained_config, project_paths.model_dir / "config.yaml")
+    schema.save_resolved(trained_config, project_paths.model_dir / "config.yaml")
     generator = np.random.default_rng(0)
     images = generator.normal(size=(30, 28, 28, 1)).astype(np.float32)  # (30, 28, 28, 1), standardized
     labels = (np.arange(30) % 10).astype(np.uint8)
-    data.save_npz(project_paths.prepared_dir / "test.npz", images=images, labels=labels)
+    splits.save_npz(project_paths.prepared_dir / "test.npz", images=images, labels=labels)
     project_paths.history_file.parent.mkdir(parents=True)
     project_paths.history_file.write_text(HISTORY_CSV)
     client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
@@ -69,7 +63,7 @@ def model_project(project: Path, make_config) -> Path:
     )
     run = client.create_run(experiment_id, run_name="train")
     client.set_terminated(run.info.run_id)
-    tracking.write_run_info(project_paths, run)
+    runs.write_run_info(project_paths, run)
     return project
 
 
@@ -78,17 +72,17 @@ def evaluate_outputs(project: Path) -> model_outputs.ModelOutputs:
     writes it."""
     project_paths = paths.ProjectPaths(project)
     trained = trained_model.load_model(project_paths.model_file)
-    test = data.load_split(project_paths.prepared_dir, "test")
-    probabilities = evaluation.score(trained, test)["probabilities"]
+    test = splits.load_split(project_paths.prepared_dir, "test")
+    probabilities = scores.score(trained, test)["probabilities"]
     outputs = model_outputs.compute(trained, test, probabilities, records.sha256(project_paths.model_file))
     model_outputs.write(project_paths.model_outputs_file, outputs)
     return outputs
 
 
-def load_inputs(project: Path) -> tuple[model_outputs.ModelOutputs, data.Split, list[dict[str, float]]]:
+def load_inputs(project: Path) -> tuple[model_outputs.ModelOutputs, splits.Split, list[dict[str, float]]]:
     """What the stage reads, through the stage's own loaders."""
     project_paths = paths.ProjectPaths(project)
-    test = data.load_split(project_paths.prepared_dir, "test")
+    test = splits.load_split(project_paths.prepared_dir, "test")
     return (
         model_outputs.read(project_paths.model_outputs_file, test, project_paths.model_file),
         test,
@@ -99,7 +93,7 @@ def load_inputs(project: Path) -> tuple[model_outputs.ModelOutputs, data.Split, 
 def test_conv_outputs_equal_the_layer_math(model_project: Path) -> None:
     project_paths = paths.ProjectPaths(model_project)
     trained = trained_model.load_model(project_paths.model_file)
-    images = data.load_split(project_paths.prepared_dir, "test").images[:3]
+    images = splits.load_split(project_paths.prepared_dir, "test").images[:3]
     outputs = model_outputs.conv_outputs(trained, images)
     conv_layers = model_outputs.conv_layers(trained)
     assert [output.shape[-1] for output in outputs] == [layer.filters for layer in conv_layers]
@@ -123,8 +117,8 @@ def test_model_outputs_of_another_model_are_refused(model_project: Path, make_co
     evaluate_outputs(model_project)
     project_paths = paths.ProjectPaths(model_project)
     keras.utils.set_random_seed(1)  # other initial weights: another run of the same config
-    model.build_model(make_config("model=small_cnn").model).save(project_paths.model_file)
-    test = data.load_split(project_paths.prepared_dir, "test")
+    architecture.build_model(make_config("model=small_cnn").model).save(project_paths.model_file)
+    test = splits.load_split(project_paths.prepared_dir, "test")
     with pytest.raises(DataError, match="different runs.*dvc repro evaluate"):
         model_outputs.read(project_paths.model_outputs_file, test, project_paths.model_file)
 
@@ -153,7 +147,7 @@ def test_missing_model_is_a_data_error(tmp_path: Path) -> None:
 def test_misclassified_figure_counts_the_mistakes() -> None:
     labels = np.array([0, 1, 2, 3], dtype=np.uint8)
     probabilities = np.eye(10, dtype=np.float32)[[0, 2, 2, 5]]  # images 1 and 3 are wrong
-    figure = learned_figures.misclassified_figure(np.zeros((4, 28, 28, 1), np.float32), labels, probabilities)
+    figure = learned.misclassified_figure(np.zeros((4, 28, 28, 1), np.float32), labels, probabilities)
     assert "2 of 4 (50.0%)" in figure.get_suptitle()
     titles = [axes.get_title() for axes in figure.axes if axes.get_title()]
     assert titles == [
@@ -196,7 +190,7 @@ def test_stage_writes_every_figure_logs_them_to_the_model_run_and_is_byte_stable
     for path in output_dir.iterdir():
         png_check(path)
 
-    rerendered = learned_figures.render_model_figures(*load_inputs(model_project), tmp_path / "again")
+    rerendered = learned.render_model_figures(*load_inputs(model_project), tmp_path / "again")
     for path in rerendered:
         assert path.read_bytes() == (output_dir / path.name).read_bytes(), f"{path.name} differs between runs"
 

@@ -8,8 +8,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from fashion_cnn.config import ProjectConfig
-from fashion_cnn.model import LAYER_CLASSES
+from fashion_cnn.config.schema import ProjectConfig
+from fashion_cnn.model.architecture import LAYER_CLASSES
 from fashion_cnn.tools import params_doc
 
 ROOT = Path(__file__).resolve().parents[1]

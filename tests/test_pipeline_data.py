@@ -14,7 +14,7 @@ import pytest
 import yaml
 from conftest import DATASET_DIR, needs_dataset
 
-from fashion_cnn import data, fetch
+from fashion_cnn.data import fetch, splits
 
 pytestmark = [
     pytest.mark.slow,
@@ -72,7 +72,7 @@ def test_dvc_repro_download_and_prepare(
         "train.npz",
         "validation.npz",
     ]
-    sizes = {name: data.load_split(prepared, name).images.shape for name in data.SPLITS}
+    sizes = {name: splits.load_split(prepared, name).images.shape for name in splits.SPLITS}
     assert sizes == {
         "train": (MAX_TRAIN_IMAGES, 28, 28, 1),
         "validation": (5000, 28, 28, 1),

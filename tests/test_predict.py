@@ -17,11 +17,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from fashion_cnn import CLASS_NAMES, classifier
-from fashion_cnn.config import validate
-from fashion_cnn.data import STATS_FILE, save_npz, split_and_standardize
+from fashion_cnn import CLASS_NAMES
+from fashion_cnn.config.schema import validate
+from fashion_cnn.data.idx import load_images, load_labels
+from fashion_cnn.data.splits import STATS_FILE, save_npz, split_and_standardize
 from fashion_cnn.errors import DataError
-from fashion_cnn.idx import load_images, load_labels
+from fashion_cnn.serving import classifier
 from fashion_cnn.tools import predict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +73,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, real_dataset: Path) -> Tra
     """Train small_cnn for two epochs on the first 2,000 real training images and save what predict reads."""
     import keras
 
-    from fashion_cnn.model import build_model
+    from fashion_cnn.model.architecture import build_model
 
     config = small_cnn_config()
     data_config = config.data.model_copy(update={"validation_size": 500, "max_train_images": TRAIN_IMAGES})

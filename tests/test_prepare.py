@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from fashion_cnn import data
+from fashion_cnn.data import splits
+from fashion_cnn.data.idx import encode_idx
 from fashion_cnn.errors import ConfigError, DataError
-from fashion_cnn.idx import encode_idx
 from fashion_cnn.stages import prepare
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def test_split_sizes_dtypes_shapes_and_labels(synthetic_raw, make_config, tmp_pa
         "test": synthetic_raw.labels["t10k"],
     }
     for name, labels in expected_labels.items():
-        split = data.load_split(prepared_dir, name)
+        split = splits.load_split(prepared_dir, name)
         assert split.images.dtype == np.float32
         assert split.images.shape == (len(labels), 28, 28, 1)
         np.testing.assert_array_equal(split.labels, labels)
@@ -62,7 +62,7 @@ def test_every_split_is_standardized_with_training_split_statistics(
     prepared_dir = tmp_path / "prepared"
     run_prepare(synthetic_raw, prepared_dir, make_config)
     train_raw = synthetic_raw.images["train"][:100]
-    mean, std = data.load_standardization(prepared_dir)
+    mean, std = splits.load_standardization(prepared_dir)
     assert mean.shape == std.shape == (1, 28, 28)
     np.testing.assert_allclose(mean[0], train_raw.mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(std[0], train_raw.std(axis=0) + 1e-7, rtol=1e-5)
@@ -74,10 +74,10 @@ def test_every_split_is_standardized_with_training_split_statistics(
         "test": synthetic_raw.images["t10k"],
     }
     for name, raw_images in sources.items():
-        images = data.load_split(prepared_dir, name).images
+        images = splits.load_split(prepared_dir, name).images
         np.testing.assert_allclose(images, reference_standardize(raw_images, train_raw), rtol=1e-4, atol=1e-4)
     # The training split comes out centred and scaled (black pixel aside).
-    train = data.load_split(prepared_dir, "train").images[..., 0]
+    train = splits.load_split(prepared_dir, "train").images[..., 0]
     assert np.abs(train.mean(axis=0)).max() < 1e-4
     np.testing.assert_allclose(train.std(axis=0)[1:, 1:], 1.0, rtol=1e-4)
 
@@ -91,20 +91,20 @@ def test_max_images_shrink_train_and_test_but_not_validation(
     )
     assert sizes == {"train": 40, "validation": 20, "test": 7}
     np.testing.assert_array_equal(
-        data.load_split(prepared_dir, "train").labels, synthetic_raw.labels["train"][:40]
+        splits.load_split(prepared_dir, "train").labels, synthetic_raw.labels["train"][:40]
     )
     np.testing.assert_array_equal(
-        data.load_split(prepared_dir, "validation").labels, synthetic_raw.labels["train"][100:]
+        splits.load_split(prepared_dir, "validation").labels, synthetic_raw.labels["train"][100:]
     )
     np.testing.assert_array_equal(
-        data.load_split(prepared_dir, "test").labels, synthetic_raw.labels["t10k"][:7]
+        splits.load_split(prepared_dir, "test").labels, synthetic_raw.labels["t10k"][:7]
     )
-    mean, _ = data.load_standardization(prepared_dir)
+    mean, _ = splits.load_standardization(prepared_dir)
     np.testing.assert_allclose(mean[0], synthetic_raw.images["train"][:40].mean(axis=0), rtol=1e-6)
 
 
 def test_synthetic_prepared_fixture_matches_its_docstring(synthetic_prepared: Path) -> None:
-    sizes = {name: len(data.load_split(synthetic_prepared, name).labels) for name in data.SPLITS}
+    sizes = {name: len(splits.load_split(synthetic_prepared, name).labels) for name in splits.SPLITS}
     assert sizes == {"train": 100, "validation": 20, "test": 30}
 
 
@@ -207,17 +207,17 @@ def with_nan(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     ids=["float64", "no-channel-axis", "27-rows", "nan", "label-count", "label-range", "no-labels-array"],
 )
 def test_load_split_rejects_hand_edited_arrays(tmp_path: Path, edit, reason: str) -> None:
-    data.save_npz(tmp_path / "train.npz", **edit(valid_arrays()))
+    splits.save_npz(tmp_path / "train.npz", **edit(valid_arrays()))
     with pytest.raises(DataError) as raised:
-        data.load_split(tmp_path, "train")
+        splits.load_split(tmp_path, "train")
     assert str(tmp_path / "train.npz") in str(raised.value)
     assert reason in str(raised.value)
 
 
 def test_load_split_accepts_valid_arrays_and_names_a_missing_file(tmp_path: Path) -> None:
     arrays = valid_arrays()
-    data.save_npz(tmp_path / "test.npz", **arrays)
-    split = data.load_split(tmp_path, "test")
+    splits.save_npz(tmp_path / "test.npz", **arrays)
+    split = splits.load_split(tmp_path, "test")
     np.testing.assert_array_equal(split.images, arrays["images"])
     with pytest.raises(DataError, match=r"validation\.npz: missing"):
-        data.load_split(tmp_path, "validation")
+        splits.load_split(tmp_path, "validation")

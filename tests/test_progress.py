@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from fashion_cnn import progress
+from fashion_cnn.utils import progress
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(12.4, "12s"), (245, "4m05s"), (3725, "1h02m")])

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks.gpu_checks import gpu_checks
-from fashion_cnn import race_report, recipe
 from fashion_cnn.errors import FashionCnnError
+from fashion_cnn.reproduction import race_report
+from fashion_cnn.training import recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 # What runtime.read_back logs on this CPU for the gpu preset, and on a GPU.
@@ -163,16 +164,14 @@ def test_training_callbacks_convert_no_batch_logs(make_config, tmp_path: Path, m
     import tensorflow as tf
     from keras.src.utils import python_utils
 
-    from fashion_cnn import checkpoint, training
+    from fashion_cnn.training import checkpoint, loop
 
     config = make_config("experiment=gpu")
-    report = training.EpochReport(config.train.epochs, log_to_mlflow=False)
-    progress = training.ProgressReport(config.train.epochs, 108, config.train.batch_size)
+    report = loop.EpochReport(config.train.epochs, log_to_mlflow=False)
+    progress = loop.ProgressReport(config.train.epochs, 108, config.train.batch_size)
     callbacks = [progress, report, checkpoint.ResumableTraining(tmp_path, "fingerprint", report, 0)]
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    callback_list = training.BatchHooksWithoutLogs(
-        callbacks, add_history=True, epochs=1, steps=108, model=model
-    )
+    callback_list = loop.BatchHooksWithoutLogs(callbacks, add_history=True, epochs=1, steps=108, model=model)
     converted = []
     original = python_utils.pythonify_logs
     monkeypatch.setattr(python_utils, "pythonify_logs", lambda logs: converted.append(logs) or original(logs))

@@ -16,10 +16,11 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from fashion_cnn import augmentation, costs, model, recipe
-from fashion_cnn import config as config_module
-from fashion_cnn.data import Split
+from fashion_cnn.config import schema as config_module
+from fashion_cnn.data.splits import Split
+from fashion_cnn.model import architecture, costs
 from fashion_cnn.tools import sweep_report
+from fashion_cnn.training import augmentation, recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET_EXPERIMENT = "small_vgg_one_cycle"
@@ -51,8 +52,8 @@ def model_config(layers: list[dict]) -> config_module.ModelConfig:
 
 def test_recipe_layers_build_with_the_inferred_shapes_and_parameters(tmp_path: Path):
     recipe_config = model_config(RECIPE_LAYERS)
-    shapes = model.infer_shapes(recipe_config)
-    keras_model = model.build_model(recipe_config)
+    shapes = architecture.infer_shapes(recipe_config)
+    keras_model = architecture.build_model(recipe_config)
     inferred = [item.output_shape for item in shapes]
     assert inferred == [tuple(layer.output.shape[1:]) for layer in keras_model.layers]
     assert inferred[3:7] == [(28, 28, 12), (14, 14, 16), (14, 14, 16), (16,)]
@@ -63,7 +64,9 @@ def test_recipe_layers_build_with_the_inferred_shapes_and_parameters(tmp_path: P
     assert keras_model.layers[7].momentum == 0.9 and projecting.get_layer("04_residual_bn1").momentum == 0.5
     assert "04_residual_projection" in [layer.name for layer in projecting.layers]
     assert not any("projection" in layer.name for layer in identity.layers)
-    assert model.describe(recipe_config) == "conv8x3-bn-relu-sepconv12x3-res16x3s2-res16x3-gap-bn-dense10"
+    assert (
+        architecture.describe(recipe_config) == "conv8x3-bn-relu-sepconv12x3-res16x3s2-res16x3-gap-bn-dense10"
+    )
 
     # Stock Keras layers only: the evaluate stage's safe-mode loading gives the same predictions.
     images = np.random.default_rng(0).normal(size=(3, 28, 28, 1)).astype(np.float32)
@@ -73,7 +76,7 @@ def test_recipe_layers_build_with_the_inferred_shapes_and_parameters(tmp_path: P
 
 
 def test_residual_block_adds_its_input_to_the_convolution_path():
-    block = model.build_model(model_config(RECIPE_LAYERS)).layers[5]
+    block = architecture.build_model(model_config(RECIPE_LAYERS)).layers[5]
     inputs = np.random.default_rng(1).normal(size=(2, 14, 14, 16)).astype(np.float32)
     by_name = {layer.name: layer for layer in block.layers}
     path = inputs
@@ -112,7 +115,7 @@ def test_multiply_adds_of_recipe_layers_reach_the_memory_report():
 )  # fmt: skip
 def test_bad_recipe_layers_give_one_line_naming_the_key(layers, message):
     with pytest.raises(config_module.ConfigError, match=message) as raised:
-        model.infer_shapes(model_config([*layers, SOFTMAX_OUTPUT]))
+        architecture.infer_shapes(model_config([*layers, SOFTMAX_OUTPUT]))
     assert "\n" not in str(raised.value)
 
 
@@ -302,8 +305,8 @@ def test_preset_composes_from_conf_and_fits_its_model(make_config):
     assert preset.model.name == PRESET_MODEL
     assert preset.train.augmentation.enabled and preset.train.schedule.name != "constant"
     assert preset.data.max_train_images is None  # the whole training split
-    keras_model = model.build_model(preset.model)
-    assert keras_model.count_params() == model.count_parameters(preset.model)
+    keras_model = architecture.build_model(preset.model)
+    assert keras_model.count_params() == architecture.count_parameters(preset.model)
 
 
 @pytest.mark.slow

@@ -32,9 +32,12 @@ import pytest
 import yaml
 from conftest import make_synthetic_raw, stage_process
 
-from fashion_cnn import atomic, config, data, errors, fetch
-from fashion_cnn.idx import encode_idx
+from fashion_cnn import errors
+from fashion_cnn.config import schema
+from fashion_cnn.data import fetch, splits
+from fashion_cnn.data.idx import encode_idx
 from fashion_cnn.stages import prepare
+from fashion_cnn.utils import atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # What a stage writes: nothing under these may change when its params are bad.
@@ -315,7 +318,7 @@ def edit_split(name: str, edit: Callable[[dict[str, np.ndarray]], None]) -> Call
         with np.load(path) as archive:
             arrays = {key: archive[key] for key in archive.files}
         edit(arrays)
-        data.save_npz(path, **arrays)
+        splits.save_npz(path, **arrays)
 
     return setup
 
@@ -425,7 +428,7 @@ def make_template(directory: Path, project_copier) -> Path:
     """A project copy whose outputs exist: synthetic raw and prepared data, a model, reports."""
     project = project_copier(directory)
     make_synthetic_raw(project / "data" / "raw")
-    params = config.validate(yaml.safe_load((project / "params.yaml").read_text()))
+    params = schema.validate(yaml.safe_load((project / "params.yaml").read_text()))
     prepare.prepare(
         project / "data" / "raw",
         project / "data" / "prepared",
@@ -627,7 +630,7 @@ def test_full_disk_saving_prepared_arrays(small_tmpfs, tmp_path: Path) -> None:
     target = folder / "train.npz"
     with pytest.raises(errors.FashionCnnError) as raised:
         # (100, 28, 28, 1) float32: 314 KB on a 64 KiB disk.
-        data.save_npz(target, images=np.zeros((100, 28, 28, 1), np.float32), labels=np.zeros(100, np.uint8))
+        splits.save_npz(target, images=np.zeros((100, 28, 28, 1), np.float32), labels=np.zeros(100, np.uint8))
     assert str(raised.value) == f"{target}: {NO_SPACE}; no partial file was left"
     assert list(folder.iterdir()) == []
 
@@ -637,7 +640,7 @@ def test_full_disk_saving_prepared_arrays(small_tmpfs, tmp_path: Path) -> None:
     sees="one line naming the file; the previous model stays, no temp file",
 )
 def test_full_disk_saving_a_model_keeps_the_previous_one(small_tmpfs, make_config, tmp_path: Path) -> None:
-    from fashion_cnn.model import build_model
+    from fashion_cnn.model.architecture import build_model
 
     folder = tmp_path / "model"
     small_tmpfs(folder, "64k")
@@ -693,22 +696,22 @@ def test_files_written_together_are_all_replaced_or_none_is(
     small_tmpfs(folder, "64k")
     first, second = folder / "train.npz", folder / "stats.npz"
     for path in (first, second):
-        data.save_npz(path, values=np.zeros(4, np.uint8))
+        splits.save_npz(path, values=np.zeros(4, np.uint8))
     before = {path.name: path.read_bytes() for path in (first, second)}
     expected = errors.FashionCnnError if failure == "full disk" else KeyboardInterrupt
     with pytest.raises(expected), atomic.together():
-        data.save_npz(first, values=np.ones(4, np.uint8))  # written, its rename held back
+        splits.save_npz(first, values=np.ones(4, np.uint8))  # written, its rename held back
         if failure == "interrupt":
             os.kill(os.getpid(), signal.SIGINT)
-        data.save_npz(second, values=np.ones((100, 28, 28), np.float32))  # 314 KB: does not fit
+        splits.save_npz(second, values=np.ones((100, 28, 28), np.float32))  # 314 KB: does not fit
     # Nothing replaced, no temp file left: the old pair is still a consistent pair.
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
     # Without a failure both are replaced.
     with atomic.together():
-        data.save_npz(first, values=np.ones(4, np.uint8))
-        data.save_npz(second, values=np.ones(4, np.uint8))
+        splits.save_npz(first, values=np.ones(4, np.uint8))
+        splits.save_npz(second, values=np.ones(4, np.uint8))
     assert sorted(path.name for path in folder.iterdir()) == ["stats.npz", "train.npz"]
-    assert all(data.load_npz(path, ("values",))["values"].sum() == 4 for path in (first, second))
+    assert all(splits.load_npz(path, ("values",))["values"].sum() == 4 for path in (first, second))
 
 
 # ---- unsafe forms must not come back ----

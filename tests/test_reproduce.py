@@ -83,7 +83,7 @@ def test_quick_profile_reproduces_its_committed_accuracy():
 
 
 def test_the_recipe_profile_is_the_race_winner_of_conf_race_yaml():
-    from fashion_cnn import race_report
+    from fashion_cnn.reproduction import race_report
 
     winner = race_report.load_race_config(ROOT).winner
     assert reproduce.profile_overrides(ROOT, "recipe") == [f"experiment={winner}"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fashion_cnn import convolution_examples, convolution_figures, plotting
+from fashion_cnn.figures import convolution, convolution_examples, plotting
 
 NUMPY_PAD_MODES = {"CONSTANT": "constant", "SYMMETRIC": "symmetric", "REFLECT": "reflect"}
 
@@ -145,8 +145,8 @@ def test_max_pooling_translation_invariance() -> None:
 
 def test_small_figures_are_byte_stable(tmp_path: Path, png_check) -> None:
     for attempt in ("first", "second"):
-        plotting.save_figure(convolution_figures.padding_figure(), tmp_path / attempt / "padding.png")
-        plotting.save_figure(convolution_figures.stride_figure(13, 6, 5), tmp_path / attempt / "stride.png")
+        plotting.save_figure(convolution.padding_figure(), tmp_path / attempt / "padding.png")
+        plotting.save_figure(convolution.stride_figure(13, 6, 5), tmp_path / attempt / "stride.png")
     for name in ("padding.png", "stride.png"):
         png_check(tmp_path / "first" / name)
         assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes()
@@ -159,12 +159,12 @@ def test_stage_writes_every_figure_logs_them_and_is_byte_stable(
     result = run_stage("seed_figures", cwd=project)
     assert result.returncode == 0, result.stderr[-2000:]
     output_dir = project / "reports" / "figures" / "seed"
-    expected = sorted(f"{name}.png" for name in convolution_figures.FIGURE_NAMES)
+    expected = sorted(f"{name}.png" for name in convolution.FIGURE_NAMES)
     assert sorted(path.name for path in output_dir.iterdir()) == expected
     for path in output_dir.iterdir():
         png_check(path)
 
-    rerendered = convolution_figures.render_seed_figures(tmp_path / "again")
+    rerendered = convolution.render_seed_figures(tmp_path / "again")
     for path in rerendered:
         assert path.read_bytes() == (output_dir / path.name).read_bytes(), f"{path.name} differs between runs"
 

@@ -27,10 +27,13 @@ import numpy as np
 import pytest
 from test_predict import small_cnn_config, write_png
 
-from fashion_cnn import CLASS_NAMES, classifier, model_artifact, trained_model
-from fashion_cnn.data import STATS_FILE, save_npz
+from fashion_cnn import CLASS_NAMES
+from fashion_cnn.data.splits import STATS_FILE, save_npz
 from fashion_cnn.errors import DataError
+from fashion_cnn.model import artifact
+from fashion_cnn.serving import classifier
 from fashion_cnn.tools import predict, serve
+from fashion_cnn.training import trained_model
 
 reliability = pytest.mark.reliability
 # How long the command may take to import TensorFlow, load the model and print its start line.
@@ -56,7 +59,7 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
     """small_cnn built from the real config (seeded, untrained) and per-pixel statistics like prepare's."""
     import keras
 
-    from fashion_cnn.model import build_model
+    from fashion_cnn.model.architecture import build_model
 
     keras.utils.set_random_seed(0)
     root = tmp_path_factory.mktemp("model-files")
@@ -453,8 +456,8 @@ def test_every_model_preset_passes_the_artifact_check(tmp_path: Path) -> None:
     import keras
     import yaml
 
-    from fashion_cnn.config import validate
-    from fashion_cnn.model import build_model
+    from fashion_cnn.config.schema import validate
+    from fashion_cnn.model.architecture import build_model
 
     raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     presets = sorted((Path(__file__).resolve().parents[1] / "conf" / "model").glob("*.yaml"))
@@ -465,4 +468,4 @@ def test_every_model_preset_passes_the_artifact_check(tmp_path: Path) -> None:
         # The recipe's kind of compile state is saved too (skipped by the check: never loaded).
         model.compile(optimizer=keras.optimizers.AdamW(), loss="sparse_categorical_crossentropy")
         model.save(tmp_path / f"{preset.stem}.keras")
-        model_artifact.check_artifact(tmp_path / f"{preset.stem}.keras", "rebuild it")
+        artifact.check_artifact(tmp_path / f"{preset.stem}.keras", "rebuild it")

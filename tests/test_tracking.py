@@ -14,8 +14,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from fashion_cnn import errors, paths, server, tracking
+from fashion_cnn import errors
 from fashion_cnn.tools import ui
+from fashion_cnn.tracking import faults as server
+from fashion_cnn.tracking import runs as tracking
+from fashion_cnn.utils import paths
 
 # ---- logging calls that fail ----
 

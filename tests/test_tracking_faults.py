@@ -29,9 +29,9 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 from misbehaving_server import MisbehavingServer
 
-from fashion_cnn import server, tracking
 from fashion_cnn.stages import memory, train
 from fashion_cnn.tools import log_training
+from fashion_cnn.tracking import faults, runs
 
 # Two epochs of the quick preset on the 100 synthetic training images; no checkpoint to clean up,
 # and no process-wide deterministic ops left behind for the tests after this one.
@@ -44,7 +44,7 @@ OUTPUTS = ("data/prepared", "data/model", "reports")
 @pytest.fixture(autouse=True)
 def _own_retry_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """tracking.connect sets MLflow's retry settings in this process: forget them after each test."""
-    for name in tracking.HTTP_RETRY_DEFAULTS:
+    for name in runs.HTTP_RETRY_DEFAULTS:
         monkeypatch.delenv(name, raising=False)
 
 
@@ -125,7 +125,7 @@ STARTS = {
         lambda fake: fake.answer(401, health_status=200),
         "answered HTTP 401 Unauthorized on /api/2.0/mlflow/experiments/search",
     ),
-    "hang": (lambda fake: fake.hang(), f"did not answer /health within {server.SERVER_TIMEOUT_SECONDS:g} s"),
+    "hang": (lambda fake: fake.hang(), f"did not answer /health within {faults.SERVER_TIMEOUT_SECONDS:g} s"),
     "gone": (lambda fake: fake.go_away(), "is unreachable ([Errno 111] Connection refused)"),
 }
 START_CASES = {
@@ -172,7 +172,7 @@ def test_an_unhealthy_server_stops_train_before_it_starts(
     # Only the check was made: no experiment, no run, no retries.
     assert all(request.split("?")[0] in ("GET /health", "GET /api/2.0/mlflow/experiments/search")
                for request in fake_server.requests), fake_server.requests  # fmt: skip
-    assert seconds < 2 * server.SERVER_TIMEOUT_SECONDS
+    assert seconds < 2 * faults.SERVER_TIMEOUT_SECONDS
 
 
 @pytest.mark.reliability(
@@ -245,7 +245,7 @@ MIDDLE = {
     "gone": (lambda fake: fake.go_away(), "is unreachable ([Errno 111] Connection refused)"),
     "hang": (
         lambda fake: fake.hang(),
-        f"did not answer /health within {server.PROBE_TIMEOUT_SECONDS:g} s",
+        f"did not answer /health within {faults.PROBE_TIMEOUT_SECONDS:g} s",
     ),
 }
 MIDDLE_CASES = {
@@ -318,7 +318,7 @@ def test_training_outlives_a_server_that_fails_in_the_middle(
         assert call in warning, warning
     assert f"): the server {cause}" in warning, warning
     assert "on disk (data/model, reports/train/metrics.json, reports/train/history.csv)" in warning
-    assert f"`{tracking.LOG_TRAINING_COMMAND}` logs them into MLflow run {run_id}" in warning
+    assert f"`{runs.LOG_TRAINING_COMMAND}` logs them into MLflow run {run_id}" in warning
     # A gone server is asked again at most every PROBE_INTERVAL_SECONDS, not once per call: after
     # the first failed call (3 attempts) and its probe, the calls are skipped without a request,
     # but for end_run's one quick attempt.
@@ -336,7 +336,7 @@ def test_training_outlives_a_server_that_fails_in_the_middle(
 def test_calls_are_skipped_while_the_server_is_gone_and_made_again_once_it_answers(
     fake_server: MisbehavingServer,
 ) -> None:
-    failures = server.LoggingFailures(fake_server.url)
+    failures = faults.LoggingFailures(fake_server.url)
     fake_server.answer(503)
     made = []
 

@@ -20,8 +20,11 @@ import pytest
 import yaml
 from conftest import stage_process, tiny_arrays
 
-from fashion_cnn import config as config_module
-from fashion_cnn import data, evaluation, progress, quiet, trained_model
+from fashion_cnn.config import schema as config_module
+from fashion_cnn.data import splits as data
+from fashion_cnn.evaluation import scores
+from fashion_cnn.training import trained_model
+from fashion_cnn.utils import progress, quiet
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = ["model=small_cnn", "train.epochs=2", "train.batch_size=32"]
@@ -191,7 +194,7 @@ def test_validation_and_test_loss_are_the_same_plain_cross_entropy(tiny_project:
     assert float(rows[-1]["objective"]) > float(rows[-1]["loss"]) + 0.05
     model = trained_model.load_model(tiny_project / "data/model/model.keras")
     validation = data.load_split(tiny_project / "data/prepared", "validation")
-    scored = evaluation.score(model, validation)
+    scored = scores.score(model, validation)
     assert float(rows[-1]["val_loss"]) == pytest.approx(scored["loss"], abs=2e-3)
     assert float(rows[-1]["val_accuracy"]) == pytest.approx(scored["accuracy"], abs=1e-6)
 

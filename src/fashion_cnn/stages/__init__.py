@@ -2,7 +2,7 @@
 
 import sys
 
-from fashion_cnn import quiet
+from fashion_cnn.utils import quiet
 
 # Run as a program (Python sets argv[0] to "-m" while it imports the module's packages): keep
 # TensorFlow's chatter out of the output before any stage imports TensorFlow.

@@ -1,19 +1,21 @@
-"""Stage download: the four Fashion-MNIST files into data/raw/, verified by SHA-256 (fashion_cnn.fetch)."""
+"""Stage download: the four Fashion-MNIST files into data/raw/, verified by SHA-256 (data/fetch.py)."""
 
 from __future__ import annotations
 
 import mlflow
 
-from fashion_cnn import fetch, paths, tracking
-from fashion_cnn.cli import stage_main
-from fashion_cnn.config import ProjectConfig
+from fashion_cnn.config.cli import stage_main
+from fashion_cnn.config.schema import ProjectConfig
+from fashion_cnn.data import fetch
+from fashion_cnn.tracking import runs
+from fashion_cnn.utils import paths
 
 
 @stage_main
 def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
     """Entry point of `python -m fashion_cnn.stages.download`."""
     sources = fetch.source_list(list(config.data.sources))
-    with tracking.pipeline_run(project, config, "download"):
+    with runs.pipeline_run(project, config, "download"):
         used = fetch.download(
             sources, config.data.timeout_seconds, project.raw_dir, config.data.deadline_seconds
         )

@@ -1,7 +1,7 @@
 """Stage evaluate: test metrics, per-class scores and the confusion matrix of the trained model.
 
-It scores the model in data/model (fashion_cnn.evaluation), keeps what the model computed for the
-figures of what it learned (data/evaluate/model_outputs.npz, fashion_cnn.model_outputs) and logs
+It scores the model in data/model (fashion_cnn.evaluation.scores), keeps what the model computed for the
+figures of what it learned (data/evaluate/model_outputs.npz, fashion_cnn.evaluation.model_outputs) and logs
 into that model's MLflow run.
 """
 
@@ -10,20 +10,16 @@ from __future__ import annotations
 import mlflow
 import numpy as np
 
-from fashion_cnn import (
-    CLASS_NAMES,
-    evaluation,
-    model_outputs,
-    paths,
-    plotting,
-    records,
-    server,
-    trained_model,
-)
-from fashion_cnn.atomic import write_json_atomic, write_text_atomic
-from fashion_cnn.cli import stage_main
-from fashion_cnn.config import ProjectConfig
-from fashion_cnn.data import load_split
+from fashion_cnn import CLASS_NAMES
+from fashion_cnn.config.cli import stage_main
+from fashion_cnn.config.schema import ProjectConfig
+from fashion_cnn.data.splits import load_split
+from fashion_cnn.evaluation import model_outputs, scores
+from fashion_cnn.figures import plotting
+from fashion_cnn.tracking import faults
+from fashion_cnn.training import trained_model
+from fashion_cnn.utils import paths, records
+from fashion_cnn.utils.atomic import write_json_atomic, write_text_atomic
 
 
 def evaluate(project: paths.ProjectPaths) -> dict:
@@ -31,8 +27,8 @@ def evaluate(project: paths.ProjectPaths) -> dict:
     print(f"evaluating {project.model_file} on the test split", flush=True)
     model = trained_model.load_model(project.model_file)
     test_split = load_split(project.prepared_dir, "test")
-    inputs = evaluation.input_record(project)
-    test = evaluation.score(model, test_split)
+    inputs = scores.input_record(project)
+    test = scores.score(model, test_split)
     train_metrics = records.read_json_object(
         project.train_metrics_file,
         {"val_accuracy": float, "val_loss": float, "train_seconds": (int, float)},
@@ -51,7 +47,7 @@ def evaluate(project: paths.ProjectPaths) -> dict:
         },
         "f1": {row["class"]: round(row["f1"], 4) for row in test["per_class"]},
         "train_seconds": train_metrics["train_seconds"],
-        "hardware": evaluation.hardware(),
+        "hardware": scores.hardware(),
     }
     model_outputs.write(
         project.model_outputs_file,
@@ -59,16 +55,16 @@ def evaluate(project: paths.ProjectPaths) -> dict:
     )
     write_json_atomic(project.metrics_file, report)
     write_json_atomic(project.evaluate_dir / "inputs.json", inputs)
-    write_text_atomic(project.evaluate_dir / "per_class.csv", evaluation.to_csv(test["per_class"]))
+    write_text_atomic(project.evaluate_dir / "per_class.csv", scores.to_csv(test["per_class"]))
     pairs = [
         {"actual": CLASS_NAMES[actual], "predicted": CLASS_NAMES[predicted]}
         for actual, predicted in zip(test_split.labels, test["predicted"], strict=True)
     ]
-    write_text_atomic(project.evaluate_dir / "confusion.csv", evaluation.to_csv(pairs))
+    write_text_atomic(project.evaluate_dir / "confusion.csv", scores.to_csv(pairs))
     figure = plotting.plot_confusion_matrix(test["confusion"], CLASS_NAMES)
     plotting.save_figure(figure, project.figures_dir / "confusion_matrix.png")
 
-    server.log_safely(
+    faults.log_safely(
         mlflow.log_metrics,
         {
             "test_loss": test["loss"],
@@ -80,12 +76,12 @@ def evaluate(project: paths.ProjectPaths) -> dict:
             },
         },
     )
-    server.log_safely(
+    faults.log_safely(
         mlflow.log_input,
         mlflow.data.from_numpy(test_split.images, targets=test_split.labels, name="fashion-mnist-test"),
         context="testing",
     )
-    server.log_safely(
+    faults.log_safely(
         mlflow.set_tags, {f"evaluate.{name}_sha256": record["sha256"] for name, record in inputs.items()}
     )
     for path in (
@@ -94,7 +90,7 @@ def evaluate(project: paths.ProjectPaths) -> dict:
         project.figures_dir / "confusion_matrix.png",
         project.metrics_file,
     ):
-        server.log_safely(mlflow.log_artifact, str(path), artifact_path="evaluate")
+        faults.log_safely(mlflow.log_artifact, str(path), artifact_path="evaluate")
     return report
 
 

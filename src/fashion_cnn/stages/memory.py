@@ -1,4 +1,4 @@
-"""Stage memory: the per-layer memory and compute report of the configured model (fashion_cnn.costs).
+"""Stage memory: the per-layer memory and compute report of the configured model (fashion_cnn.model.costs).
 
 `python -m fashion_cnn.stages.memory` writes reports/memory.md and reports/memory.json and prints the
 table; with command-line overrides (`model=lenet5 train.batch_size=128`) it only prints, so the
@@ -11,10 +11,12 @@ import sys
 
 import mlflow
 
-from fashion_cnn import costs, paths, tracking
-from fashion_cnn.atomic import write_json_atomic, write_text_atomic
-from fashion_cnn.cli import hydra_overrides, stage_main
-from fashion_cnn.config import ProjectConfig
+from fashion_cnn.config.cli import hydra_overrides, stage_main
+from fashion_cnn.config.schema import ProjectConfig
+from fashion_cnn.model import costs
+from fashion_cnn.tracking import runs
+from fashion_cnn.utils import paths
+from fashion_cnn.utils.atomic import write_json_atomic, write_text_atomic
 
 REPORT_MARKDOWN = "memory.md"
 REPORT_JSON = "memory.json"
@@ -34,7 +36,7 @@ def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
     json_path = project.reports_dir / REPORT_JSON
     write_text_atomic(markdown_path, markdown)
     write_json_atomic(json_path, report)
-    with tracking.pipeline_run(project, config, "memory"):
+    with runs.pipeline_run(project, config, "memory"):
         mlflow.log_artifact(str(markdown_path))
         mlflow.log_artifact(str(json_path))
         mlflow.log_metrics(

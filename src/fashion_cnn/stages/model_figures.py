@@ -10,10 +10,13 @@ import logging
 
 import mlflow
 
-from fashion_cnn import history, learned_figures, model_outputs, paths, trained_model
-from fashion_cnn.cli import stage_main
-from fashion_cnn.config import ProjectConfig
-from fashion_cnn.data import load_split
+from fashion_cnn.config.cli import stage_main
+from fashion_cnn.config.schema import ProjectConfig
+from fashion_cnn.data.splits import load_split
+from fashion_cnn.evaluation import model_outputs
+from fashion_cnn.figures import learned
+from fashion_cnn.training import history, trained_model
+from fashion_cnn.utils import paths
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +29,7 @@ def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
     history_rows = history.read_history(project.history_file)
     output_dir = project.figures_dir / "model"
     with trained_model.model_run(project, config, "model_figures"):
-        written = learned_figures.render_model_figures(outputs, test, history_rows, output_dir)
+        written = learned.render_model_figures(outputs, test, history_rows, output_dir)
         for path in written:
             mlflow.log_artifact(str(path), artifact_path="figures/model")
     log.info("wrote %d figures to %s", len(written), output_dir)

@@ -1,4 +1,4 @@
-"""Stage prepare: split, standardize and save Fashion-MNIST as the seed notebook does (fashion_cnn.data)."""
+"""Stage prepare: split, standardize and save Fashion-MNIST as the seed notebook does (data/splits.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from pathlib import Path
 
 import mlflow
 
-from fashion_cnn import atomic, data, paths, tracking
-from fashion_cnn.cli import stage_main
-from fashion_cnn.config import DataConfig, ProjectConfig
-from fashion_cnn.data import STATS_FILE, save_npz
+from fashion_cnn.config.cli import stage_main
+from fashion_cnn.config.schema import DataConfig, ProjectConfig
+from fashion_cnn.data import splits as data
+from fashion_cnn.data.splits import STATS_FILE, save_npz
+from fashion_cnn.tracking import runs
+from fashion_cnn.utils import atomic, paths
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ def prepare(raw_dir: Path, prepared_dir: Path, data_config: DataConfig) -> dict[
 @stage_main
 def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
     """Entry point of `python -m fashion_cnn.stages.prepare`."""
-    with tracking.pipeline_run(project, config, "prepare"):
+    with runs.pipeline_run(project, config, "prepare"):
         sizes = prepare(project.raw_dir, project.prepared_dir, config.data)
         mlflow.log_metrics({f"{name}_images": size for name, size in sizes.items()})
 

@@ -16,25 +16,15 @@ import mlflow
 import numpy as np
 import tensorflow as tf
 
-from fashion_cnn import (
-    atomic,
-    checkpoint,
-    costs,
-    distribute,
-    history,
-    paths,
-    recipe,
-    runtime,
-    server,
-    tracking,
-    trained_model,
-    training,
-)
-from fashion_cnn.atomic import atomic_path, write_json_atomic, write_text_atomic
-from fashion_cnn.cli import hydra_overrides, stage_main
-from fashion_cnn.config import ProjectConfig, save_resolved
-from fashion_cnn.data import load_npz, load_split
-from fashion_cnn.model import count_parameters
+from fashion_cnn.config.cli import hydra_overrides, stage_main
+from fashion_cnn.config.schema import ProjectConfig, save_resolved
+from fashion_cnn.data.splits import load_npz, load_split
+from fashion_cnn.model import costs
+from fashion_cnn.model.architecture import count_parameters
+from fashion_cnn.tracking import faults, runs
+from fashion_cnn.training import checkpoint, distribute, history, loop, recipe, runtime, trained_model
+from fashion_cnn.utils import atomic, paths
+from fashion_cnn.utils.atomic import atomic_path, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +47,11 @@ def train(
         flush=True,
     )
     if task.is_chief:
-        training.log_run_setup(config, settings, task, train_split)
+        loop.log_run_setup(config, settings, task, train_split)
     started = time.perf_counter()
     # Resuming covers single-process training; distributed runs start over after an interruption.
     checkpoint_dir = project.train_checkpoint_dir if strategy is None else None
-    model, rows = training.fit(
+    model, rows = loop.fit(
         config,
         train_split,
         validation_split,
@@ -70,7 +60,7 @@ def train(
         chief=task.is_chief,
         checkpoint_dir=checkpoint_dir,
     )
-    metrics = training.summarize(rows, time.perf_counter() - started)
+    metrics = loop.summarize(rows, time.perf_counter() - started)
     if task.is_chief:
         save_and_log(config, project, model, rows, metrics, validation_split.images, strategy)
     else:
@@ -91,7 +81,7 @@ def save_and_log(
     strategy: tf.distribute.Strategy | None,
 ) -> None:
     """The chief's outputs: data/model and reports/train, and their copies in the MLflow run."""
-    summary = training.model_summary(model)
+    summary = loop.model_summary(model)
     # All of data/model and reports/train or none: an interruption leaves the old set, not a mix.
     with atomic.together():
         with atomic_path(project.model_file, suffix=".keras") as temp_model:
@@ -102,17 +92,17 @@ def save_and_log(
         write_json_atomic(project.train_metrics_file, metrics)
         # The run these outputs belong to, with them: a training that fails or is stopped leaves the
         # previous model beside its own run, not beside the run that failed.
-        tracking.write_run_info(project, mlflow.active_run())
-    server.log_safely(
+        runs.write_run_info(project, mlflow.active_run())
+    faults.log_safely(
         mlflow.log_metrics,
         {"train_seconds": metrics["train_seconds"], "seconds_per_epoch": metrics["seconds_per_epoch"]},
     )
-    server.log_safely(mlflow.log_text, summary, "model_summary.txt")
-    server.log_safely(mlflow.log_artifact, str(project.model_dir / "config.yaml"))
-    server.log_safely(mlflow.log_artifact, str(project.history_file))
+    faults.log_safely(mlflow.log_text, summary, "model_summary.txt")
+    faults.log_safely(mlflow.log_artifact, str(project.model_dir / "config.yaml"))
+    faults.log_safely(mlflow.log_artifact, str(project.history_file))
     # A distributed model's predict would wait for the other workers: log a plain copy of it instead.
     loggable = model if strategy is None else trained_model.load_model(project.model_file)
-    server.log_safely(training.log_model, loggable, example_images)
+    faults.log_safely(loop.log_model, loggable, example_images)
     # Only now, with every output written, is the checkpoint no longer needed to resume.
     checkpoint.discard(project.train_checkpoint_dir)
 
@@ -149,7 +139,7 @@ def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
     preflight(config, project)
     with (
         checkpoint.training_lock(project.train_lock_file),
-        tracking.stage_run(
+        runs.stage_run(
             project, config, "train", run_name(config, overrides), config.tracking.experiment_name, overrides
         ),
     ):

@@ -2,8 +2,8 @@
 
 import sys
 
-from fashion_cnn import quiet
+from fashion_cnn.utils import quiet
 
-# Run as a program: keep TensorFlow's chatter out of the output (see fashion_cnn.quiet).
+# Run as a program: keep TensorFlow's chatter out of the output (see fashion_cnn.utils.quiet).
 if sys.argv[:1] == ["-m"]:
     quiet.install()

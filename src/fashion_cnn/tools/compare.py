@@ -12,10 +12,12 @@ import sys
 
 import yaml
 
-from fashion_cnn import paths, server, tracking
-from fashion_cnn.cli import run_cli
-from fashion_cnn.config import validate
+from fashion_cnn.config.cli import run_cli
+from fashion_cnn.config.schema import validate
 from fashion_cnn.errors import FashionCnnError
+from fashion_cnn.tracking import faults
+from fashion_cnn.tracking import runs as tracking
+from fashion_cnn.utils import paths
 
 # Always shown, whether or not they differ.
 METRIC_COLUMNS = {
@@ -54,7 +56,7 @@ def latest_runs_table(experiment_name: str, last: int) -> str:
 def ui_base_url() -> str:
     """Where the UI of these runs is: the tracking server, or `make ui` on $MLFLOW_PORT (default 5000)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if server.is_remote(uri):
+    if faults.is_remote(uri):
         return uri
     return f"http://127.0.0.1:{os.environ.get('MLFLOW_PORT') or 5000}"
 

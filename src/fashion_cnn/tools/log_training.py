@@ -14,10 +14,12 @@ import csv
 import json
 import sys
 
-from fashion_cnn import history, paths, server, tracking, trained_model, training
-from fashion_cnn.cli import run_cli
-from fashion_cnn.data import load_split
+from fashion_cnn.config.cli import run_cli
+from fashion_cnn.data.splits import load_split
 from fashion_cnn.errors import DataError, FashionCnnError
+from fashion_cnn.tracking import faults, runs
+from fashion_cnn.training import history, loop, trained_model
+from fashion_cnn.utils import paths
 
 # The totals of reports/train/metrics.json that train logs as metrics.
 TOTALS = ("train_seconds", "seconds_per_epoch")
@@ -66,7 +68,7 @@ def log_training(project: paths.ProjectPaths) -> str:
     # The input example train logged: the first validation images.
     examples = load_split(project.prepared_dir, "validation").images[:2]  # (2, 28, 28, 1)
     uri = recorded.tracking_uri
-    tracking.connect(uri)
+    runs.connect(uri)
     client = mlflow.MlflowClient()
     try:
         run = client.get_run(recorded.run_id)
@@ -85,7 +87,7 @@ def log_training(project: paths.ProjectPaths) -> str:
     has_model = any(item.status == mlflow.entities.LoggedModelStatus.READY for item in models)
     try:
         with mlflow.start_run(run_id=run.info.run_id):
-            tracking.log_config(config)
+            runs.log_config(config)
             for epoch in missing_epochs:
                 mlflow.log_metrics(epochs[epoch], step=epoch)
             mlflow.log_metrics(totals)
@@ -93,12 +95,12 @@ def log_training(project: paths.ProjectPaths) -> str:
             mlflow.log_artifact(str(project.model_dir / "config.yaml"))
             mlflow.log_artifact(str(project.history_file))
             if not has_model:
-                training.log_model(model, examples)
-    except server.LOGGING_ERRORS as error:
+                loop.log_model(model, examples)
+    except faults.LOGGING_ERRORS as error:
         message = " ".join(str(error).split())[:300]
         raise FashionCnnError(
             f"logging into MLflow run {run.info.run_id} at {uri} failed ({message}); the run is marked "
-            f"FAILED until this succeeds: run `{tracking.LOG_TRAINING_COMMAND}` again once the server answers"
+            f"FAILED until this succeeds: run `{runs.LOG_TRAINING_COMMAND}` again once the server answers"
         ) from None
     model_note = "the model" if not has_model else "no model (it had one)"
     return (

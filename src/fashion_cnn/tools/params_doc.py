@@ -20,11 +20,11 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from fashion_cnn import paths
-from fashion_cnn.atomic import write_text_atomic
-from fashion_cnn.cli import run_cli
-from fashion_cnn.config import ProjectConfig
-from fashion_cnn.model import LAYER_CLASSES
+from fashion_cnn.config.cli import run_cli
+from fashion_cnn.config.schema import ProjectConfig
+from fashion_cnn.model.architecture import LAYER_CLASSES
+from fashion_cnn.utils import paths
+from fashion_cnn.utils.atomic import write_text_atomic
 
 HEADER = """# The params
 

@@ -1,7 +1,7 @@
 """Classify garment photos with the trained model: `python -m fashion_cnn.tools.predict IMAGE... [--json]`.
 
 Each file is read as a Fashion-MNIST image (28x28 grey, garment light on black); the model is loaded
-and used through fashion_cnn.classifier, the same path as `make serve`, which refuses a model that
+and used through fashion_cnn.serving.classifier, the same path as `make serve`, which refuses a model that
 carries code.
 """
 
@@ -19,10 +19,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fashion_cnn import CLASS_NAMES, classifier, paths
-from fashion_cnn.data import STATS_FILE
+from fashion_cnn import CLASS_NAMES
+from fashion_cnn.data.idx import IMAGE_SIDE
+from fashion_cnn.data.splits import STATS_FILE
 from fashion_cnn.errors import DataError, FashionCnnError
-from fashion_cnn.idx import IMAGE_SIDE
+from fashion_cnn.serving import classifier
+from fashion_cnn.utils import paths
 
 # A border brighter than mid-grey means a light background; Fashion-MNIST has light garments on black.
 LIGHT_BACKGROUND_THRESHOLD = 127.5

@@ -24,9 +24,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fashion_cnn import machine, paths, race_report, reproduction
-from fashion_cnn.cli import run_cli
-from fashion_cnn.history import read_history
+from fashion_cnn.config.cli import run_cli
+from fashion_cnn.reproduction import clean_copy as reproduction
+from fashion_cnn.reproduction import race_report
+from fashion_cnn.training.history import read_history
+from fashion_cnn.utils import machine, paths
 
 
 def tracking_environment(root: Path) -> dict[str, str]:

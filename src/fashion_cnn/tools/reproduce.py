@@ -15,11 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from fashion_cnn import paths, race_report
-from fashion_cnn.atomic import write_text_atomic
-from fashion_cnn.cli import run_cli
+from fashion_cnn.config.cli import run_cli
 from fashion_cnn.errors import FashionCnnError
-from fashion_cnn.reproduction import make_clean_copy, read_accuracy, run
+from fashion_cnn.reproduction import race_report
+from fashion_cnn.reproduction.clean_copy import make_clean_copy, read_accuracy, run
+from fashion_cnn.utils import paths
+from fashion_cnn.utils.atomic import write_text_atomic
 
 # Each profile: the Hydra overrides composed into params.yaml, and where its reported metrics live.
 # The recipe profile is the race winner named in conf/race.yaml; recording it is its one look at the

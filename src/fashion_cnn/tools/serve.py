@@ -7,7 +7,7 @@ without the outer list works too; "top" is optional, 1..10). The answer is predi
 GET /health (or /ping) answers {"status": "ok"}. A bad request gets 400 (413 when too large) and
 {"error": "<one line>"}.
 
-The model is data/model/model.keras, loaded through fashion_cnn.classifier like predict does: refused
+The model is data/model/model.keras, loaded through fashion_cnn.serving.classifier like predict does: refused
 when it carries code (a Lambda layer or a custom object), then read in Keras safe mode; the server
 standardizes with data/prepared/standardization.npz itself.
 """
@@ -26,9 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from fashion_cnn import CLASS_NAMES, classifier, paths, trained_model
+from fashion_cnn import CLASS_NAMES
+from fashion_cnn.data.idx import IMAGE_SIDE
 from fashion_cnn.errors import DataError, FashionCnnError
-from fashion_cnn.idx import IMAGE_SIDE
+from fashion_cnn.serving import classifier
+from fashion_cnn.training import trained_model
+from fashion_cnn.utils import paths
 
 HOST = "127.0.0.1"
 PORT_ENV_VAR = "SERVE_PORT"

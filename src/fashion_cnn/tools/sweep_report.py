@@ -15,10 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fashion_cnn import paths, tracking
-from fashion_cnn.atomic import write_text_atomic
-from fashion_cnn.cli import run_cli
+from fashion_cnn.config.cli import run_cli
 from fashion_cnn.errors import FashionCnnError
+from fashion_cnn.tracking import runs as tracking
+from fashion_cnn.utils import paths
+from fashion_cnn.utils.atomic import write_text_atomic
 
 SWEEP_EXPERIMENT = "fashion-cnn-recipe"
 # The issue's targets: at most 15 minutes of training, at least 0.94 test accuracy.
@@ -44,7 +45,7 @@ def sweep_runs(experiment_name: str) -> Any:  # -> pandas.DataFrame (imported by
         filter_string="attributes.status = 'FINISHED' and tags.stage = 'train'",
         order_by=["attributes.start_time ASC"],
     )
-    # A multirun's parent run (fashion_cnn.sweep) groups its jobs and trains nothing: it has no train_seconds.
+    # A multirun's parent run (tracking/sweep.py) groups its jobs and trains nothing: no train_seconds.
     if "metrics.train_seconds" in runs:
         runs = runs[runs["metrics.train_seconds"].notna()]
     if runs.empty or "metrics.train_seconds" not in runs:
@@ -91,7 +92,7 @@ def frontier_figure(table: Any):  # -> matplotlib Figure
 
     The numbers refer to a key beside the plot (one line per run), so long labels never overlap.
     """
-    from fashion_cnn import plotting
+    from fashion_cnn.figures import plotting
 
     figure = plotting.new_figure(11.5, 5.5)
     axes = figure.add_subplot()
@@ -137,7 +138,7 @@ def frontier_figure(table: Any):  # -> matplotlib Figure
 
 def write_report(table: Any, output_dir: Path) -> list[Path]:
     """sweep.csv and frontier.png in `output_dir`, each written atomically."""
-    from fashion_cnn import plotting
+    from fashion_cnn.figures import plotting
 
     buffer = io.StringIO()
     table.to_csv(buffer, index=False, lineterminator="\n")

@@ -13,9 +13,10 @@ from collections.abc import Sequence
 
 import yaml
 
-from fashion_cnn import paths, quiet, tracking
-from fashion_cnn.config import validate
+from fashion_cnn.config.schema import validate
 from fashion_cnn.errors import FashionCnnError
+from fashion_cnn.tracking import runs
+from fashion_cnn.utils import paths, quiet
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -28,8 +29,8 @@ def runs_table_lines(project: paths.ProjectPaths, base_url: str) -> list[str]:
     config = validate(yaml.safe_load(project.params_file.read_text()))
     lines = []
     for name in (config.tracking.experiment_name, config.tracking.pipeline_experiment_name):
-        experiment_id = tracking.use_experiment(project, name)
-        lines.append(f"{name}: {tracking.runs_table_url(base_url, experiment_id)}")
+        experiment_id = runs.use_experiment(project, name)
+        lines.append(f"{name}: {runs.runs_table_url(base_url, experiment_id)}")
     return lines
 
 

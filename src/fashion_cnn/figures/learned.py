@@ -1,6 +1,6 @@
 """What the trained model learned (filters, feature maps, curves, mistakes), drawn for model_figures.
 
-It draws from arrays: what evaluate computed with the model (fashion_cnn.model_outputs), the test
+It draws from arrays: what evaluate computed with the model (fashion_cnn.evaluation.model_outputs), the test
 split and the training history; no model is loaded here. Images are shown standardized, as the
 model sees them.
 """
@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from fashion_cnn import CLASS_NAMES, plotting
-from fashion_cnn.data import Split
+from fashion_cnn import CLASS_NAMES
+from fashion_cnn.data.splits import Split
 from fashion_cnn.errors import DataError
-from fashion_cnn.model_outputs import ModelOutputs
+from fashion_cnn.evaluation.model_outputs import ModelOutputs
+from fashion_cnn.figures import plotting
 
 # Feature maps drawn per conv layer and image, and misclassified images drawn (rows x columns).
 FEATURE_MAPS_SHOWN = 8

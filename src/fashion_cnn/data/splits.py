@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fashion_cnn.atomic import atomic_path
-from fashion_cnn.config import DataConfig
+from fashion_cnn.config.schema import DataConfig
+from fashion_cnn.data.idx import IMAGE_SIDE, NUM_CLASSES, load_images, load_labels
 from fashion_cnn.errors import ConfigError, DataError
-from fashion_cnn.idx import IMAGE_SIDE, NUM_CLASSES, load_images, load_labels
+from fashion_cnn.utils.atomic import atomic_path
 
 SPLITS = ("train", "validation", "test")
 STATS_FILE = "standardization.npz"

@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from fashion_cnn import CLASS_NAMES, trained_model
-from fashion_cnn.data import STATS_FILE, load_standardization
+from fashion_cnn import CLASS_NAMES
+from fashion_cnn.data.idx import IMAGE_SIDE
+from fashion_cnn.data.splits import STATS_FILE, load_standardization
 from fashion_cnn.errors import DataError
-from fashion_cnn.idx import IMAGE_SIDE
+from fashion_cnn.training import trained_model
 
 # Images per forward pass: bounds memory for long lists of images.
 BATCH_SIZE = 256

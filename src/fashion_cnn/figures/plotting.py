@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.ticker import MaxNLocator
 
-from fashion_cnn.atomic import atomic_path
+from fashion_cnn.utils.atomic import atomic_path
 
 # Pixels per inch of every saved PNG.
 DPI = 150

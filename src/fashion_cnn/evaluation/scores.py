@@ -10,8 +10,10 @@ import os
 import keras
 from sklearn import metrics as sklearn_metrics
 
-from fashion_cnn import CLASS_NAMES, cross_entropy, machine, paths, records
-from fashion_cnn.data import Split
+from fashion_cnn import CLASS_NAMES
+from fashion_cnn.data.splits import Split
+from fashion_cnn.training import cross_entropy
+from fashion_cnn.utils import machine, paths, records
 
 PREDICT_BATCH = 1000
 

@@ -19,11 +19,13 @@ from typing import Any
 import mlflow
 import yaml
 
-from fashion_cnn import model_artifact, paths, records, tracking
-from fashion_cnn.config import ProjectConfig, flatten, validate
+from fashion_cnn.config.schema import ProjectConfig, flatten, validate
+from fashion_cnn.data.idx import IMAGE_SIDE, NUM_CLASSES
 from fashion_cnn.errors import ConfigError, DataError
-from fashion_cnn.idx import IMAGE_SIDE, NUM_CLASSES
-from fashion_cnn.model import count_parameters
+from fashion_cnn.model import artifact
+from fashion_cnn.model.architecture import count_parameters
+from fashion_cnn.tracking import runs
+from fashion_cnn.utils import paths, records
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ def load_model(path: Path) -> Any:  # -> keras.Model (keras is imported lazily: 
     if not path.is_file():
         raise DataError(f"{path}: missing; {REBUILD_HINT}")
     check_archive(path)
-    model_artifact.check_artifact(path, REBUILD_HINT)
+    artifact.check_artifact(path, REBUILD_HINT)
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as error:
@@ -152,7 +154,7 @@ def check_run_matches(run: Any, trained: ProjectConfig, project: paths.ProjectPa
     """
     logged = run.data.params
     for key, value in flatten(trained).items():
-        expected = str(value)[: tracking.MAX_PARAM_LENGTH]
+        expected = str(value)[: runs.MAX_PARAM_LENGTH]
         if key.startswith(DECISIVE_SECTIONS) and key in logged and logged[key] != expected:
             raise DataError(
                 f"{project.run_info_file}: MLflow run {run.info.run_id} trained another model than "
@@ -189,17 +191,17 @@ def model_run(project: paths.ProjectPaths, config: ProjectConfig, stage: str) ->
     trained_config = read_trained_config(project)
     if note := contradiction(config, trained_config):
         print(note, flush=True)
-    tracking.use_experiment(project, trained_config.tracking.experiment_name)
+    runs.use_experiment(project, trained_config.tracking.experiment_name)
     try:
         run = mlflow.get_run(recorded.run_id)
     except mlflow.exceptions.MlflowException:
         log.warning(
             "MLflow run %s not found in %s; logging %s to a new run",
             recorded.run_id,
-            tracking.tracking_uri(project),
+            runs.tracking_uri(project),
             stage,
         )
-        with tracking.stage_run(
+        with runs.stage_run(
             project,
             trained_config,
             stage,
@@ -212,7 +214,7 @@ def model_run(project: paths.ProjectPaths, config: ProjectConfig, stage: str) ->
         return
     check_run_matches(run, trained_config, project)
     experiment_name = mlflow.get_experiment(run.info.experiment_id).name
-    with tracking.stage_run(
+    with runs.stage_run(
         project, trained_config, stage, "", experiment_name, [], run_id=recorded.run_id
     ) as resumed:
         yield resumed

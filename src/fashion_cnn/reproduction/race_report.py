@@ -105,7 +105,7 @@ def verdicts(rows: list[dict[str, Any]], race: RaceConfig) -> dict[str, bool]:
 
 def race_figure(report: dict[str, Any]):  # -> matplotlib Figure
     """Test accuracy against time_ratio: the seed at 1.0, each preset, the budget and the target."""
-    from fashion_cnn import plotting
+    from fashion_cnn.figures import plotting
 
     race = report["config"]
     figure = plotting.new_figure(9.5, 5.2)
@@ -150,8 +150,8 @@ def write_report(root: Path, report: dict[str, Any]) -> None:
     """reports/race.json and reports/race.png, each written atomically."""
     import json
 
-    from fashion_cnn import plotting
-    from fashion_cnn.atomic import write_text_atomic
+    from fashion_cnn.figures import plotting
+    from fashion_cnn.utils.atomic import write_text_atomic
 
     write_text_atomic(root / RACE_JSON, json.dumps(report, indent=2) + "\n")
     plotting.save_figure(race_figure(report), root / RACE_FIGURE)

@@ -13,7 +13,7 @@ from typing import Annotated
 from pydantic import Field
 
 from fashion_cnn.errors import ConfigError
-from fashion_cnn.layers import (
+from fashion_cnn.model.layers import (
     ConvLayer,
     DenseLayer,
     DropoutLayer,
@@ -24,7 +24,7 @@ from fashion_cnn.layers import (
     Shape,
     Strict,
 )
-from fashion_cnn.recipe_layers import (
+from fashion_cnn.model.recipe_layers import (
     ActivationLayer,
     BatchNormLayer,
     GlobalAvgPoolLayer,

@@ -16,10 +16,10 @@ from email.message import Message
 from pathlib import Path
 from typing import IO
 
-from fashion_cnn import progress
-from fashion_cnn.atomic import write_bytes_atomic
+from fashion_cnn.data.idx import gunzip
 from fashion_cnn.errors import DataError
-from fashion_cnn.idx import gunzip
+from fashion_cnn.utils import progress
+from fashion_cnn.utils.atomic import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 

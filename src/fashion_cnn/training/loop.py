@@ -20,11 +20,13 @@ import mlflow
 import numpy as np
 import tensorflow as tf
 
-from fashion_cnn import checkpoint, cross_entropy, distribute, progress, recipe, runtime, server
-from fashion_cnn.config import ProjectConfig
-from fashion_cnn.data import Split
+from fashion_cnn.config.schema import ProjectConfig
+from fashion_cnn.data.splits import Split
 from fashion_cnn.errors import FashionCnnError
-from fashion_cnn.model import build_model, count_parameters, describe
+from fashion_cnn.model.architecture import build_model, count_parameters, describe
+from fashion_cnn.tracking import faults
+from fashion_cnn.training import checkpoint, cross_entropy, distribute, recipe, runtime
+from fashion_cnn.utils import progress
 
 
 class TrainingDiverged(FashionCnnError):
@@ -47,7 +49,7 @@ class EpochReport(keras.callbacks.Callback):
         self.effective = runtime.read_back(self.model)
         print(f"running on {self.effective.describe()}", flush=True)
         if self.log_to_mlflow:
-            server.log_safely(mlflow.log_params, self.effective.as_params())
+            faults.log_safely(mlflow.log_params, self.effective.as_params())
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.started = time.perf_counter()
@@ -75,7 +77,7 @@ class EpochReport(keras.callbacks.Callback):
         self.rows.append(row)
         if self.log_to_mlflow:
             epoch_metrics = {key: value for key, value in row.items() if key != "epoch"}
-            server.log_safely(mlflow.log_metrics, epoch_metrics, step=epoch + 1)
+            faults.log_safely(mlflow.log_metrics, epoch_metrics, step=epoch + 1)
         # Printed last, so a Ctrl-C prompted by this line does not cut the MLflow write short (an
         # interrupted SQLite write can leave the store locked) and, with train.checkpoint, lands
         # while the epoch's checkpoint is being saved, which holds it back until the save is done.
@@ -89,7 +91,7 @@ class EpochReport(keras.callbacks.Callback):
 
 class ProgressReport(keras.callbacks.Callback):
     """Signs of life within an epoch: a live bar in a terminal, else a plain line at most every 30 s
-    with the step, images/s and the time left in the epoch and the run (fashion_cnn.progress)."""
+    with the step, images/s and the time left in the epoch and the run (fashion_cnn.utils.progress)."""
 
     def __init__(self, total_epochs: int, steps_per_epoch: int, batch_size: int) -> None:
         super().__init__()
@@ -233,11 +235,11 @@ def log_run_setup(
     Device, precision and XLA are logged by EpochReport once fit has started, as read back from
     the model: what ran, not what was asked.
     """
-    server.log_safely(
+    faults.log_safely(
         mlflow.set_tags,
         {"tensorflow": tf.__version__, "keras": keras.__version__, "model.name": config.model.name},
     )
-    server.log_safely(
+    faults.log_safely(
         mlflow.log_params,
         {
             "model.summary": describe(config.model),
@@ -250,7 +252,7 @@ def log_run_setup(
             "runtime.inter_op_threads": settings.inter_op_threads,
         },
     )
-    server.log_safely(
+    faults.log_safely(
         mlflow.log_input,
         mlflow.data.from_numpy(train_split.images, targets=train_split.labels, name="fashion-mnist-train"),
         context="training",

@@ -21,7 +21,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from fashion_cnn.config import TrainConfig
+from fashion_cnn.config.schema import TrainConfig
 from fashion_cnn.errors import ConfigError
 
 log = logging.getLogger(__name__)

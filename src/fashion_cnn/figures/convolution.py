@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from fashion_cnn import convolution_examples, plotting
+from fashion_cnn.figures import convolution_examples, plotting
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ import io
 import math
 from pathlib import Path
 
-from fashion_cnn import records
-from fashion_cnn.atomic import write_text_atomic
 from fashion_cnn.errors import DataError
+from fashion_cnn.utils import records
+from fashion_cnn.utils.atomic import write_text_atomic
 
 COLUMNS = ("epoch", "objective", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds")
 # What the training curves need; older files without `objective` still draw.

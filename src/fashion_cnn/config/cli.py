@@ -22,9 +22,16 @@ from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 
-from fashion_cnn import IMPORT_STARTED, paths, records
-from fashion_cnn.config import ProjectConfig, allowed_keys, to_plain_dict, unknown_key_message, validate
+from fashion_cnn import IMPORT_STARTED
+from fashion_cnn.config.schema import (
+    ProjectConfig,
+    allowed_keys,
+    to_plain_dict,
+    unknown_key_message,
+    validate,
+)
 from fashion_cnn.errors import ConfigError, FashionCnnError
+from fashion_cnn.utils import paths, records
 
 STAGE_CONFIG_NAME = "fashion_cnn_stage"
 
@@ -41,7 +48,7 @@ def register_stage_config(root: Path) -> None:
         "defaults": ["_self_", "params", {"model": None}, {"experiment": None}],
         "hydra": {
             "searchpath": [f"file://{root}", f"file://{root / 'conf'}"],
-            "callbacks": {"mlflow_sweep": {"_target_": "fashion_cnn.sweep.ParentRunCallback"}},
+            "callbacks": {"mlflow_sweep": {"_target_": "fashion_cnn.tracking.sweep.ParentRunCallback"}},
         },
     }
     ConfigStore.instance().store(name=STAGE_CONFIG_NAME, node=node)

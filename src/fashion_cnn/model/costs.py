@@ -14,10 +14,10 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from fashion_cnn.config import ProjectConfig
+from fashion_cnn.config.schema import ProjectConfig
 from fashion_cnn.errors import ConfigError
-from fashion_cnn.layers import ConvLayer
-from fashion_cnn.model import ModelConfig, infer_shapes
+from fashion_cnn.model.architecture import ModelConfig, infer_shapes
+from fashion_cnn.model.layers import ConvLayer
 
 FLOAT32_BYTES = 4
 # float16 and bfloat16 both take two bytes per value.
@@ -185,7 +185,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         f"{format_bytes(inference['float32'])} | {format_bytes(inference['float16'])} |",
         "",
         f"The weights take {format_bytes(totals['parameter_bytes'])} in float32; training also keeps their "
-        "gradients and the optimizer's state (`fashion_cnn.costs.estimate_training_bytes` adds them).",
+        "gradients and the optimizer's state (`fashion_cnn.model.costs.estimate_training_bytes` adds them).",
         "",
         "## The seed's worked example",
         "",

@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from fashion_cnn import records, trained_model
-from fashion_cnn.data import Split, load_npz, save_npz
+from fashion_cnn.data.idx import NUM_CLASSES
+from fashion_cnn.data.splits import Split, load_npz, save_npz
 from fashion_cnn.errors import DataError
-from fashion_cnn.idx import NUM_CLASSES
+from fashion_cnn.training import trained_model
+from fashion_cnn.utils import records
 
 REBUILD_HINT = "restore it with `dvc checkout data/evaluate` or rebuild it with `dvc repro evaluate`"
 FIXED_KEYS = ("probabilities", "class_indices", "conv_names", "first_conv_kernel", "model_sha256")

@@ -7,7 +7,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from fashion_cnn.layers import (
+from fashion_cnn.model.layers import (
     ACTIVATIONS,
     BATCH_NORM_WEIGHTS,
     ConvFields,

@@ -12,10 +12,10 @@ from typing import Annotated, Any, Literal
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from fashion_cnn.atomic import write_text_atomic
 from fashion_cnn.errors import ConfigError
-from fashion_cnn.layers import DenseLayer, PositiveInt, Strict
-from fashion_cnn.model import LAYER_CLASSES, LAYER_TYPES, ModelConfig, infer_shapes
+from fashion_cnn.model.architecture import LAYER_CLASSES, LAYER_TYPES, ModelConfig, infer_shapes
+from fashion_cnn.model.layers import DenseLayer, PositiveInt, Strict
+from fashion_cnn.utils.atomic import write_text_atomic
 
 # ---- data, training, tracking ----
 
@@ -110,13 +110,13 @@ class TrainConfig(Strict):
     """Deterministic TensorFlow ops: identical metrics on rerun on the same machine; slightly slower,
     and no XLA."""
     schedule: ScheduleConfig
-    """The learning-rate schedule (fashion_cnn.recipe)."""
+    """The learning-rate schedule (fashion_cnn.training.recipe)."""
     label_smoothing: Annotated[float, Field(ge=0, lt=1)]
     """Label smoothing of the training objective's cross-entropy (0: off, the seed's; 0.1 is common)."""
     weight_decay: Annotated[float, Field(ge=0)]
     """Decoupled weight decay per step, times the learning rate (AdamW-style); 0: off, the seed's."""
     augmentation: AugmentationConfig
-    """Random changes to training batches (fashion_cnn.augmentation); all off by default."""
+    """Random changes to training batches (fashion_cnn.training.augmentation); all off by default."""
     checkpoint: bool
     """Save the training state after every epoch in checkpoints/, so an interrupted run resumes after
     its last completed epoch; removed when training completes."""

@@ -19,11 +19,12 @@ from typing import Any
 import mlflow
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from fashion_cnn import paths, server, sweep
-from fashion_cnn.atomic import write_json_atomic
-from fashion_cnn.cli import hydra_overrides
-from fashion_cnn.config import ProjectConfig, flatten
+from fashion_cnn.config.cli import hydra_overrides
+from fashion_cnn.config.schema import ProjectConfig, flatten
 from fashion_cnn.errors import FashionCnnError
+from fashion_cnn.tracking import faults, sweep
+from fashion_cnn.utils import paths
+from fashion_cnn.utils.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,8 @@ def artifact_location(uri: str) -> str | None:
 def connect(uri: str) -> None:
     """Point MLflow at a store; a tracking server is checked first (one line if it is not healthy)
     and its calls get bounded retries (HTTP_RETRY_DEFAULTS, unless the user set them)."""
-    if server.is_remote(uri):
-        server.check_server(uri)
+    if faults.is_remote(uri):
+        faults.check_server(uri)
         for name, value in HTTP_RETRY_DEFAULTS.items():
             os.environ.setdefault(name, value)
     mlflow.set_tracking_uri(uri)
@@ -171,11 +172,11 @@ def stage_run(
     line at the end, after the stage's outputs are written.
     """
     run = start_stage_run(project, stage, run_name, experiment_name, overrides, run_id)
-    server.record_failures(mlflow.get_tracking_uri())
+    faults.record_failures(mlflow.get_tracking_uri())
     if run_id is None:
-        server.log_safely(log_config, config)
+        faults.log_safely(log_config, config)
     else:
-        server.log_safely(mlflow.set_tag, f"stage.{stage}", "done")
+        faults.log_safely(mlflow.set_tag, f"stage.{stage}", "done")
     status = "FAILED"
     try:
         yield run
@@ -184,12 +185,12 @@ def stage_run(
         status = "KILLED"
         raise
     finally:
-        server.end_run(status)
+        faults.end_run(status)
         if (active_sweep := sweep.current()) is not None and run_id is None:
             active_sweep.child_statuses.append(status)
         if status == "FINISHED":
-            server.set_log_later(log_later(project, stage, run.info.run_id))
-        if summary := server.failure_summary():
+            faults.set_log_later(log_later(project, stage, run.info.run_id))
+        if summary := faults.failure_summary():
             print(summary, file=sys.stderr, flush=True)
 
 
@@ -217,10 +218,10 @@ def start_stage_run(
                 active_sweep.start_parent(experiment_id, parent_tags)
             tags[MLFLOW_PARENT_RUN_ID] = active_sweep.parent_run_id
         return mlflow.start_run(run_name=run_name, tags=tags)
-    except server.LOGGING_ERRORS as error:
+    except faults.LOGGING_ERRORS as error:
         message = " ".join(str(error).split())[:300]
         fix = "fix the server, or unset MLFLOW_TRACKING_URI to use the local mlflow.db"
-        if not server.is_remote(uri):
+        if not faults.is_remote(uri):
             fix = "check that no other process holds the store, then run again"
         raise FashionCnnError(
             f"MLflow tracking store {uri} failed as the {stage} stage started its run ({message}); "

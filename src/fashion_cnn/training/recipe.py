@@ -1,7 +1,7 @@
 """The training recipe: the optimizer, its learning-rate schedule, the loss, and what fit() is fed.
 
 All of it is off by default (constant learning rate, no smoothing, no augmentation): the seed's
-recipe, fed as seeded tf.data batches that are reshuffled every epoch (fashion_cnn.augmentation).
+recipe, fed as seeded tf.data batches that are reshuffled every epoch (fashion_cnn.training.augmentation).
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from typing import Any
 import keras
 import numpy as np
 
-from fashion_cnn import augmentation
-from fashion_cnn.config import ProjectConfig, TrainConfig
-from fashion_cnn.data import Split
+from fashion_cnn.config.schema import ProjectConfig, TrainConfig
+from fashion_cnn.data.idx import NUM_CLASSES
+from fashion_cnn.data.splits import Split
 from fashion_cnn.errors import ConfigError
-from fashion_cnn.idx import NUM_CLASSES
+from fashion_cnn.training import augmentation
 
 # one_cycle starts at the peak divided by this (PyTorch's OneCycleLR div_factor).
 ONE_CYCLE_START_DIVISOR = 25.0

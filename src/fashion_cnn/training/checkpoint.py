@@ -26,10 +26,10 @@ import keras
 import mlflow
 import numpy as np
 
-from fashion_cnn import records
-from fashion_cnn.atomic import signals_deferred, write_json_atomic, write_text_atomic
-from fashion_cnn.config import ProjectConfig
+from fashion_cnn.config.schema import ProjectConfig
 from fashion_cnn.errors import FashionCnnError
+from fashion_cnn.utils import records
+from fashion_cnn.utils.atomic import signals_deferred, write_json_atomic, write_text_atomic
 
 # The files Keras's BackupAndRestore writes after each epoch: the weights and optimizer variables,
 # and {"epoch": completed epochs, "batch": 0}.

@@ -1,0 +1,1 @@
+"""params.yaml: the schema of its sections, validation with one-line errors, and the Hydra entry point."""

@@ -1,0 +1,1 @@
+"""The data: Fashion-MNIST's files fetched and verified, then split and standardized."""

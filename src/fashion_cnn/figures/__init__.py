@@ -1,0 +1,1 @@
+"""Figures: the seed notebook's teaching figures and what the trained model learned."""

@@ -1,0 +1,1 @@
+"""Clean copies of the project for reproducing the reported numbers, and the race."""

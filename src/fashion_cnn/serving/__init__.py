@@ -1,0 +1,1 @@
+"""The trained model as a classifier of raw grey images, for predict and serve."""

@@ -1,0 +1,1 @@
+"""MLflow: runs, tags, the keep-going logging policy, tracking-server faults, sweeps."""

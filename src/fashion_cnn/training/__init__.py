@@ -1,0 +1,1 @@
+"""Training: the recipe, the loop, devices, strategies, checkpoints, history, the trained model's record."""
