@@ -25,7 +25,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup dataset browser repro test test-slow reproduce reproduce-quick bench bench-startup race race-spread \
-	recipe-sweep recipe-report recipe-finalist reproduce-recipe ui compare serve lint format clean
+	recipe-sweep recipe-report recipe-finalist reproduce-recipe ui compare serve deps lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -110,6 +110,9 @@ serve: setup ## Serve data/model/model.keras (refused if it carries code) on htt
 docs: setup ## Regenerate docs/params.md (from the params schema) and docs/reliability.md (from the tests' reliability markers)
 	python -m fashion_cnn.tools.params_doc
 	python -m tests.reliability_doc
+
+deps: setup ## Rewrite each stage's code deps in dvc.yaml from its imports (tests/test_dvc_deps.py checks them)
+	python tests/test_dvc_deps.py
 
 lint: setup ## ruff check and format check
 	ruff check . && ruff format --check .

@@ -27,6 +27,7 @@ from fashion_cnn.config import cli, schema
 from fashion_cnn.data import fetch, idx
 from fashion_cnn.data.idx import encode_idx
 from fashion_cnn.stages import prepare
+from fashion_cnn.training.config import ProjectConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -261,14 +262,14 @@ def run_stage() -> Callable[..., subprocess.CompletedProcess[str]]:
 
 
 @pytest.fixture
-def make_config() -> Callable[..., schema.ProjectConfig]:
+def make_config() -> Callable[..., ProjectConfig]:
     """Compose and validate what a stage runs with: params.yaml (the repo's or `root`'s) + overrides."""
 
-    def compose_config(*overrides: str, root: Path = REPO_ROOT) -> schema.ProjectConfig:
+    def compose_config(*overrides: str, root: Path = REPO_ROOT) -> ProjectConfig:
         cli.register_stage_config(root)
         with initialize(version_base="1.3", config_path=None):
             composed = compose(cli.STAGE_CONFIG_NAME, overrides=list(overrides))
-        return schema.validate(schema.to_plain_dict(composed))
+        return ProjectConfig.from_params(schema.to_plain_dict(composed))
 
     return compose_config
 

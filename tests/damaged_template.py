@@ -22,6 +22,7 @@ from fashion_cnn.config import schema
 from fashion_cnn.stages import prepare
 from fashion_cnn.tracking import runs
 from fashion_cnn.training import checkpoint, history
+from fashion_cnn.training.config import ProjectConfig
 from fashion_cnn.utils import paths
 
 
@@ -43,17 +44,17 @@ class Template:
 TEMPLATE_OVERRIDES = {"validation_size": 20, "epochs": 2, "batch_size": 20}
 
 
-def template_params(project: Path) -> schema.ProjectConfig:
+def template_params(project: Path) -> ProjectConfig:
     """Shrink the copy's params.yaml to the template's run (train's fingerprint is taken from it)."""
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["model"] = yaml.safe_load((project / "conf" / "model" / "small_cnn.yaml").read_text())
     params["data"]["validation_size"] = TEMPLATE_OVERRIDES["validation_size"]
     params["train"].update(epochs=TEMPLATE_OVERRIDES["epochs"], batch_size=TEMPLATE_OVERRIDES["batch_size"])
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return schema.validate(params)
+    return ProjectConfig.from_params(params)
 
 
-def interrupted_training(run_config: schema.ProjectConfig, prepared_dir: Path, checkpoint_dir: Path) -> None:
+def interrupted_training(run_config: ProjectConfig, prepared_dir: Path, checkpoint_dir: Path) -> None:
     """Train with train.checkpoint on and stop right after epoch 1 is saved, as Ctrl-C would."""
     import mlflow
 
@@ -79,7 +80,7 @@ def interrupted_training(run_config: schema.ProjectConfig, prepared_dir: Path, c
         loop.fit(run_config, *splits, settings, None, checkpoint_dir=checkpoint_dir)
 
 
-def logged_run(project_paths: paths.ProjectPaths, run_config: schema.ProjectConfig) -> dict[str, str]:
+def logged_run(project_paths: paths.ProjectPaths, run_config: ProjectConfig) -> dict[str, str]:
     """A finished MLflow run in the template's experiment with the config logged as train logs it."""
     import mlflow
 
@@ -144,7 +145,7 @@ def make_template(base: Path) -> Template:
     # Another run's files: a lenet5 model, its config and MLflow run; a model for other images;
     # the weights of another small_cnn initialization.
     lenet5 = yaml.safe_load((project / "conf" / "model" / "lenet5.yaml").read_text())
-    other_config = schema.validate({**run_config.model_dump(mode="json"), "model": lenet5})
+    other_config = ProjectConfig.from_params({**run_config.model_dump(mode="json"), "model": lenet5})
     build_model(other_config.model).save(template.other_run / "model.keras")
     schema.save_resolved(other_config, template.other_run / "config.yaml")
     (template.other_run / "mlflow_run.json").write_text(json.dumps(logged_run(project_paths, other_config)))

@@ -19,6 +19,7 @@ from servers import free_port
 
 from fashion_cnn import errors
 from fashion_cnn.config import cli, schema
+from fashion_cnn.training.config import ProjectConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +57,7 @@ def compose_stage(*overrides: str) -> dict:
 def test_stage_config_is_params_yaml(make_config) -> None:
     # The DVC pitfall to avoid: a stage composing conf/ (or anything else) instead of params.yaml.
     assert compose_stage() == committed_params()
-    assert make_config() == schema.validate(committed_params())
+    assert make_config() == ProjectConfig.from_params(committed_params())
 
 
 @pytest.mark.parametrize(
@@ -65,7 +66,7 @@ def test_stage_config_is_params_yaml(make_config) -> None:
 def test_every_model_preset_composes_and_validates(preset: str, make_config) -> None:
     composed = compose_conf(f"model={preset}")
     assert composed["model"] == conf_preset("model", preset)
-    schema.validate(composed)
+    ProjectConfig.from_params(composed)
     # The same preset swapped into a stage's run over params.yaml.
     assert make_config(f"model={preset}").model.model_dump(mode="json")["name"] == preset
 
@@ -118,15 +119,17 @@ BAD_VALUES = {
     "output-units": ("model.layers.13.units=5", ["model.layers.13", "units 10"]),
 }
 # The cases also run through a real stage entry point; each start-up costs ~3 s of CPU (MLflow import).
+# Each stage validates the sections it reads: data values through download and prepare, model and
+# train values through memory and train (both read every section and stop before any work).
 CLI_BAD_VALUES = {
-    "epochs-zero": "download",
-    "optimizer": "download",
-    "padding": "download",
+    "epochs-zero": "memory",
+    "optimizer": "train",
+    "padding": "memory",
     "no-sources": "download",
     "unknown-key": "download",
-    "activation": "prepare",
-    "dropout-one": "download",
-    "learning-rate-zero": "prepare",
+    "activation": "train",
+    "dropout-one": "memory",
+    "learning-rate-zero": "memory",
 }
 
 
@@ -156,6 +159,12 @@ def break_params_yaml(project: Path) -> None:
 CLI_RUNS = {
     **{case: (stage, [BAD_VALUES[case][0]], None) for case, stage in CLI_BAD_VALUES.items()},
     "valid-config": ("download", ["data.sources=[no-such-mirror]", "data.timeout_seconds=1"], None),
+    # download reads no model: a value only the model section would refuse does not stop it.
+    "model-not-read": (
+        "download",
+        ["data.sources=[no-such-mirror]", "data.timeout_seconds=1", "model.layers.0.padding=full"],
+        None,
+    ),
     "unparseable-params": ("download", [], break_params_yaml),
 }
 
@@ -209,6 +218,14 @@ def test_bad_value_stops_a_real_stage_with_one_line(case: str, cli_runs) -> None
     # Validation comes before any work: no data, no MLflow store.
     assert not (run.project / "data").exists()
     assert not (run.project / "mlflow.db").exists()
+
+
+def test_a_stage_validates_only_the_sections_it_reads(cli_runs) -> None:
+    # The same bad padding stops memory (padding case above) but not download, which reads no model:
+    # so editing a layer type can neither break nor rerun the data stages.
+    run = cli_runs["model-not-read"]
+    assert run.result.returncode == 1
+    assert run.stderr_lines[-1].startswith("error: could not get train-images-idx3-ubyte.gz")
 
 
 def test_valid_config_reaches_the_stage_work(cli_runs) -> None:

@@ -39,9 +39,9 @@ import yaml
 from damaged_template import Template, make_template
 from test_reliability import BATCH_RUNNER, NOTICE, run_statuses, subprocess_environment
 
-from fashion_cnn.config import schema
 from fashion_cnn.data import idx
 from fashion_cnn.training import checkpoint
+from fashion_cnn.training.config import ProjectConfig
 from fashion_cnn.utils import paths
 
 # ---- the kinds of damage (columns) ----
@@ -724,7 +724,7 @@ def test_an_interrupted_training_resumes_from_the_template_checkpoint(
     from fashion_cnn.data import splits as data
     from fashion_cnn.training import loop, runtime
 
-    run_config = schema.validate(yaml.safe_load((template.project / "params.yaml").read_text()))
+    run_config = ProjectConfig.from_params(yaml.safe_load((template.project / "params.yaml").read_text()))
     project_paths = paths.ProjectPaths(template.project)
     splits = [data.load_split(project_paths.prepared_dir, name) for name in ("train", "validation")]
     settings = runtime.resolve_runtime(run_config.train, "CPU", None)

@@ -17,9 +17,9 @@ from conftest import tiny_arrays
 from servers import free_port
 
 from fashion_cnn import errors
-from fashion_cnn.config import schema
 from fashion_cnn.data import splits as data
 from fashion_cnn.training import distribute
+from fashion_cnn.training.config import ProjectConfig
 
 # The tiny profile: small_cnn, 2 epochs, 32 images per gradient step.
 TINY_RUN = ["model=small_cnn", "train.epochs=2"]
@@ -119,7 +119,7 @@ def make_tiny_project(destination: Path, repo_root: Path) -> Path:
     for name in ("params.yaml", "dvc.yaml"):
         shutil.copy(repo_root / name, destination / name)
     shutil.copytree(repo_root / "conf", destination / "conf")
-    data_config = schema.validate(yaml.safe_load((repo_root / "params.yaml").read_text())).data
+    data_config = ProjectConfig.from_params(yaml.safe_load((repo_root / "params.yaml").read_text())).data
     splits, mean, std = data.split_and_standardize(
         *tiny_arrays(test_count=100), data_config.model_copy(update={"validation_size": 200})
     )

@@ -1,4 +1,5 @@
-"""The layout shows the architecture: stages and tools over a library, imports one way, small modules.
+"""The layout shows the architecture: stages and tools over a library in folders by concern, imports
+one way between the folders, no import circle, small modules.
 
 Read from the source with `ast`, as tests/test_dvc_deps.py reads the stages' import closures.
 """
@@ -10,8 +11,23 @@ from pathlib import Path
 from test_dvc_deps import ROOT, imported_names, module_file
 
 PACKAGE = ROOT / "src" / "fashion_cnn"
-# A module this long is a sign to split it (CONVENTIONS.md).
+# A module this long is a sign to split it.
 MAX_MODULE_LINES = 300
+# Which library folders each folder may import (besides itself and fashion_cnn.errors, the leaf of
+# exceptions). Stages and tools sit above all of them; nothing in the library imports them.
+ALLOWED_IMPORTS = {
+    "utils": set(),
+    "config": {"utils"},
+    "model": {"utils", "config"},
+    "data": {"utils", "config"},
+    "tracking": {"utils", "config"},
+    "training": {"utils", "config", "model", "data", "tracking"},
+    "evaluation": {"utils", "config", "model", "data", "training"},
+    "figures": {"utils", "data", "evaluation"},
+    "serving": {"utils", "config", "model", "data", "training"},
+    "reproduction": {"utils", "figures"},
+}
+ENTRY_POINTS = ("stages", "tools")
 
 
 def module_name(path: Path) -> str:
@@ -32,6 +48,28 @@ def import_graph() -> dict[str, set[str]]:
                 targets.add(module_name(target))
         graph[name] = targets - {name}
     return graph
+
+
+def folder(module: str) -> str:
+    """'fashion_cnn.data.fetch' -> 'data'; a module at the package's top level -> its own name."""
+    return module.split(".")[1] if module.count(".") >= 1 else module
+
+
+def layering_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that goes against ALLOWED_IMPORTS, or into a stage or a tool, as one line each."""
+    wrong = []
+    for name, targets in sorted(graph.items()):
+        source = folder(name)
+        for target in sorted(targets):
+            destination = folder(target)
+            if destination in ENTRY_POINTS:
+                wrong.append(f"{name} imports {target}: nothing may import a stage or a tool")
+            elif source in ALLOWED_IMPORTS and destination in ALLOWED_IMPORTS and destination != source:
+                allowed_here = ALLOWED_IMPORTS[source]
+                allowed = ", ".join(sorted(allowed_here)) or "nothing of the library"
+                if destination not in allowed_here:
+                    wrong.append(f"{name} imports {target}: {source}/ may import only {allowed}")
+    return wrong
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str]:
@@ -67,18 +105,47 @@ def test_the_cycle_finder_finds_a_circle() -> None:
     assert find_cycle({"a": {"b"}, "b": set()}) == []
 
 
-def test_imports_run_from_stages_and_tools_down_to_the_library() -> None:
-    wrong = []
-    for name, targets in import_graph().items():
-        for target in targets:
-            into_entry_point = target.startswith(("fashion_cnn.stages.", "fashion_cnn.tools."))
-            if into_entry_point:
-                wrong.append(f"{name} imports {target}")
-    assert wrong == [], "no module may import a stage or a tool; move the shared code into the library"
+def test_imports_between_folders_follow_the_layering() -> None:
+    assert layering_violations(import_graph()) == []
+
+
+def test_the_layering_check_names_each_wrong_import() -> None:
+    graph = {
+        "fashion_cnn.data.splits": {"fashion_cnn.training.loop", "fashion_cnn.utils.atomic"},
+        "fashion_cnn.training.loop": {"fashion_cnn.data.splits", "fashion_cnn.errors"},
+        "fashion_cnn.serving.classifier": {"fashion_cnn.tools.serve"},
+        "fashion_cnn.stages.train": {"fashion_cnn.stages.evaluate", "fashion_cnn.training.loop"},
+    }
+    assert layering_violations(graph) == [
+        "fashion_cnn.data.splits imports fashion_cnn.training.loop: data/ may import only config, utils",
+        "fashion_cnn.serving.classifier imports fashion_cnn.tools.serve: nothing may import a stage or a tool",
+        "fashion_cnn.stages.train imports fashion_cnn.stages.evaluate: nothing may import a stage or a tool",
+    ]
+
+
+def test_every_library_folder_has_a_rule_and_a_one_line_docstring() -> None:
+    folders = {path.parent.name for path in PACKAGE.glob("*/__init__.py")} - set(ENTRY_POINTS)
+    assert folders == set(ALLOWED_IMPORTS)
+    for name in folders | set(ENTRY_POINTS):
+        text = (PACKAGE / name / "__init__.py").read_text()
+        assert text.startswith('"""') and text.count("\n") >= 1, name
+    # Only the package marker and the exceptions' leaf module live at the top.
+    assert {path.name for path in PACKAGE.glob("*.py")} == {"__init__.py", "errors.py"}
 
 
 def test_exceptions_live_in_a_leaf_module() -> None:
     assert import_graph()["fashion_cnn.errors"] == set()
+
+
+def test_tracking_writes_no_stage_output() -> None:
+    # tracking/ is left out of every stage's deps in dvc.yaml (it records runs; tests/test_dvc_deps.py):
+    # that holds only while it writes no file a stage outputs, i.e. never uses the atomic writers.
+    writers = {
+        name: sorted(targets & {"fashion_cnn.utils.atomic"})
+        for name, targets in import_graph().items()
+        if folder(name) == "tracking"
+    }
+    assert {name: found for name, found in writers.items() if found} == {}
 
 
 def test_every_stage_of_dvc_yaml_is_a_module_in_stages() -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from fashion_cnn import errors
 from fashion_cnn.model import architecture, costs, layers
+from fashion_cnn.training import memory_check
 
 # Multiply-adds per image of the seed CNN, layer by layer:
 # conv 64 7x7 on 28x28x1, conv 128 3x3 on 14x14x64, conv 128 3x3 on 14x14x128, conv 256 3x3 on 7x7x128,
@@ -104,21 +105,21 @@ def test_estimate_training_bytes(make_config) -> None:
     activations = report["batch"]["training_activation_bytes"]["float32"]
     weights = report["totals"]["parameter_bytes"]
     # Nadam: weights, gradients, and two moments per weight.
-    assert costs.estimate_training_bytes(default) == activations + 4 * weights
+    assert memory_check.estimate_training_bytes(default) == activations + 4 * weights
     half = make_config("train.mixed_precision=mixed_float16")
-    assert costs.estimate_training_bytes(half) == activations // 2 + 4 * weights
+    assert memory_check.estimate_training_bytes(half) == activations // 2 + 4 * weights
     plain_sgd = make_config("train.optimizer=sgd", "train.momentum=0.0")
-    assert costs.estimate_training_bytes(plain_sgd) == activations + 2 * weights
+    assert memory_check.estimate_training_bytes(plain_sgd) == activations + 2 * weights
     bigger = make_config("train.batch_size=320")
-    assert costs.estimate_training_bytes(bigger) == 10 * activations + 4 * weights
+    assert memory_check.estimate_training_bytes(bigger) == 10 * activations + 4 * weights
 
 
 def test_memory_warning(make_config) -> None:
     project_config = make_config()
-    message = costs.memory_warning(project_config, available_bytes=1_000_000)
+    message = memory_check.memory_warning(project_config, available_bytes=1_000_000)
     assert message is not None and "train.batch_size = 32" in message and "\n" not in message
-    assert costs.memory_warning(project_config, available_bytes=10**12) is None
-    assert costs.available_memory_bytes() is None or costs.available_memory_bytes() > 0
+    assert memory_check.memory_warning(project_config, available_bytes=10**12) is None
+    assert memory_check.available_memory_bytes() is None or memory_check.available_memory_bytes() > 0
 
 
 @pytest.mark.reliability(
@@ -128,12 +129,14 @@ def test_memory_warning(make_config) -> None:
 def test_training_that_would_not_fit_stops_unless_the_user_says_go_on(make_config, monkeypatch) -> None:
     project_config = make_config()
     with pytest.raises(errors.ConfigError) as raised:
-        costs.check_memory(project_config, available_bytes=1_000_000)
+        memory_check.check_memory(project_config, available_bytes=1_000_000)
     message = str(raised.value)
-    assert "(estimated) but only 1 MB is available" in message and costs.IGNORE_MEMORY_ENV_VAR in message
-    assert costs.check_memory(project_config, available_bytes=10**12) is None
-    monkeypatch.setenv(costs.IGNORE_MEMORY_ENV_VAR, "1")
-    assert "1 MB is available" in costs.check_memory(project_config, available_bytes=1_000_000)
+    assert (
+        "(estimated) but only 1 MB is available" in message and memory_check.IGNORE_MEMORY_ENV_VAR in message
+    )
+    assert memory_check.check_memory(project_config, available_bytes=10**12) is None
+    monkeypatch.setenv(memory_check.IGNORE_MEMORY_ENV_VAR, "1")
+    assert "1 MB is available" in memory_check.check_memory(project_config, available_bytes=1_000_000)
 
 
 def test_markdown_has_a_row_per_layer_and_the_totals(make_config) -> None:

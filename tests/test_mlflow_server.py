@@ -28,11 +28,11 @@ from conftest import DATASET_DIR, HAS_DATASET, make_synthetic_raw, missing_requi
 from PIL import Image
 from servers import VENV_BIN, MlflowServer, free_port
 
-from fashion_cnn.config import schema as config_module
 from fashion_cnn.data import fetch, splits
 from fashion_cnn.stages import prepare
 from fashion_cnn.tools import predict
 from fashion_cnn.tracking import runs
+from fashion_cnn.training.config import ProjectConfig
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +70,7 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory, project_copier) -> Ti
     raw_dir = DATASET_DIR
     if not HAS_DATASET:
         raw_dir = make_synthetic_raw(root.parent / "raw", n_train=1600, n_test=500).directory
-    params = config_module.validate(yaml.safe_load((root / "params.yaml").read_text()))
+    params = ProjectConfig.from_params(yaml.safe_load((root / "params.yaml").read_text()))
     prepare.prepare(raw_dir, root / "data" / "prepared", params.data.model_copy(update=TINY_DATA))
     test_images, test_labels = splits.load_raw(raw_dir, "t10k")
     count = TINY_DATA["max_test_images"]

@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fashion_cnn.config import schema as config_module
+from fashion_cnn.errors import ConfigError
 from fashion_cnn.model import architecture
+from fashion_cnn.model.architecture import ModelConfig
+from fashion_cnn.training.config import ProjectConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_LAYER_TYPES = [
@@ -22,14 +24,14 @@ def params() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
-def model_config(layers: list[dict] | None = None, preset: str | None = None) -> config_module.ModelConfig:
+def model_config(layers: list[dict] | None = None, preset: str | None = None) -> ModelConfig:
     """The default model from params.yaml, a preset from conf/model/, or custom layers."""
     raw = params()
     if preset:
         raw["model"] = yaml.safe_load((ROOT / "conf" / "model" / f"{preset}.yaml").read_text())
     if layers is not None:
         raw["model"]["layers"] = layers
-    return config_module.validate(raw).model
+    return ProjectConfig.from_params(raw).model
 
 
 def test_default_model_is_the_seed_cnn_with_1413834_parameters():
@@ -77,20 +79,20 @@ def test_valid_convolution_that_shrinks_to_zero_names_the_layer_and_key():
         {"type": "flatten"},
         {"type": "dense", "units": 10, "activation": "softmax"},
     ]
-    with pytest.raises(config_module.ConfigError, match=r"model\.layers\.2\.kernel_size = 13.*0x0"):
+    with pytest.raises(ConfigError, match=r"model\.layers\.2\.kernel_size = 13.*0x0"):
         architecture.infer_shapes(model_config(layers))
 
 
 def test_too_many_pooling_layers_name_the_first_that_empties_the_image():
     layers = [{"type": "max_pool", "pool_size": 2} for _ in range(6)]
     layers += [{"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softmax"}]
-    with pytest.raises(config_module.ConfigError, match=r"model\.layers\.4\.pool_size"):
+    with pytest.raises(ConfigError, match=r"model\.layers\.4\.pool_size"):
         architecture.build_model(model_config(layers))
 
 
 def test_dense_on_an_image_asks_for_flatten():
     layers = [{"type": "dense", "units": 10, "activation": "softmax"}]
-    with pytest.raises(config_module.ConfigError, match=r"model\.layers\.0.*flatten"):
+    with pytest.raises(ConfigError, match=r"model\.layers\.0.*flatten"):
         architecture.infer_shapes(model_config(layers))
 
 
@@ -111,12 +113,12 @@ def test_dense_on_an_image_asks_for_flatten():
 )  # fmt: skip
 def test_bad_layer_values_give_one_line_naming_the_key(layer, message):
     layers = [layer, {"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softmax"}]
-    with pytest.raises(config_module.ConfigError, match=message) as raised:
+    with pytest.raises(ConfigError, match=message) as raised:
         model_config(layers)
     assert "\n" not in str(raised.value)
 
 
 def test_output_layer_must_have_ten_units():
     layers = [{"type": "flatten"}, {"type": "dense", "units": 7, "activation": "softmax"}]
-    with pytest.raises(config_module.ConfigError, match=r"model\.layers\.1.*units 10"):
+    with pytest.raises(ConfigError, match=r"model\.layers\.1.*units 10"):
         model_config(layers)

@@ -8,9 +8,9 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from fashion_cnn.config.schema import ProjectConfig
 from fashion_cnn.model.architecture import LAYER_CLASSES
 from fashion_cnn.tools import params_doc
+from fashion_cnn.training.config import ProjectConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,12 +18,12 @@ import yaml
 from PIL import Image
 
 from fashion_cnn import CLASS_NAMES
-from fashion_cnn.config.schema import validate
 from fashion_cnn.data.idx import load_images, load_labels
 from fashion_cnn.data.splits import STATS_FILE, save_npz, split_and_standardize
 from fashion_cnn.errors import DataError
 from fashion_cnn.serving import classifier
 from fashion_cnn.tools import predict
+from fashion_cnn.training.config import ProjectConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_IMAGES = 2000
@@ -53,7 +53,7 @@ def small_cnn_config():
     """params.yaml with the small_cnn preset from conf/model swapped in, validated like a stage does."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["model"] = yaml.safe_load((ROOT / "conf" / "model" / "small_cnn.yaml").read_text())
-    return validate(raw)
+    return ProjectConfig.from_params(raw)
 
 
 def pick_garment(images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray) -> int:

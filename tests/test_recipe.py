@@ -16,11 +16,13 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from fashion_cnn.config import schema as config_module
 from fashion_cnn.data.splits import Split
+from fashion_cnn.errors import ConfigError
 from fashion_cnn.model import architecture, costs
+from fashion_cnn.model.architecture import ModelConfig
 from fashion_cnn.tools import sweep_report
 from fashion_cnn.training import augmentation, recipe
+from fashion_cnn.training.config import AugmentationConfig, ProjectConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET_EXPERIMENT = "small_vgg_one_cycle"
@@ -40,11 +42,11 @@ RECIPE_LAYERS = [
 ]
 
 
-def model_config(layers: list[dict]) -> config_module.ModelConfig:
+def model_config(layers: list[dict]) -> ModelConfig:
     """params.yaml's model with `layers` instead of the seed's."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["model"]["layers"] = layers
-    return config_module.validate(raw).model
+    return ProjectConfig.from_params(raw).model
 
 
 # ---- layer types ----
@@ -114,7 +116,7 @@ def test_multiply_adds_of_recipe_layers_reach_the_memory_report():
     ],
 )  # fmt: skip
 def test_bad_recipe_layers_give_one_line_naming_the_key(layers, message):
-    with pytest.raises(config_module.ConfigError, match=message) as raised:
+    with pytest.raises(ConfigError, match=message) as raised:
         architecture.infer_shapes(model_config([*layers, SOFTMAX_OUTPUT]))
     assert "\n" not in str(raised.value)
 
@@ -126,9 +128,9 @@ def batches(dataset: tf.data.Dataset) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(images.numpy(), labels.numpy()) for images, labels in dataset]
 
 
-def augmentation_config(**values) -> config_module.AugmentationConfig:
+def augmentation_config(**values) -> AugmentationConfig:
     settings = {"shift_pixels": 0, "horizontal_flip": False, "random_erasing": 0.0} | values
-    return config_module.AugmentationConfig(**settings)
+    return AugmentationConfig(**settings)
 
 
 def test_augmentation_changes_training_batches_repeatably_and_anew_each_epoch():
@@ -137,7 +139,7 @@ def test_augmentation_changes_training_batches_repeatably_and_anew_each_epoch():
     labels = generator.integers(0, 10, size=40).astype(np.uint8)
     every_kind = augmentation_config(shift_pixels=2, horizontal_flip=True, random_erasing=0.5)
 
-    def epochs_of(augment: config_module.AugmentationConfig, seed: int = 42):
+    def epochs_of(augment: AugmentationConfig, seed: int = 42):
         return batches(augmentation.training_dataset(images, labels, 16, 2, augment, seed))
 
     plain, augmented = epochs_of(augmentation_config()), epochs_of(every_kind)
@@ -288,7 +290,7 @@ def test_label_smoothing_switches_to_one_hot_labels(make_config):
     ],
 )  # fmt: skip
 def test_bad_recipe_params_give_one_line_naming_the_key(make_config, override, message):
-    with pytest.raises(config_module.ConfigError, match=message) as raised:
+    with pytest.raises(ConfigError, match=message) as raised:
         make_config(override)
     assert "\n" not in str(raised.value)
 
@@ -301,7 +303,7 @@ def test_preset_composes_from_conf_and_fits_its_model(make_config):
     # What `dvc exp run -S experiment=...` writes to params.yaml: conf/config.yaml composed.
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         from_conf = compose("config", overrides=[f"experiment={PRESET_EXPERIMENT}"])
-    assert config_module.validate(OmegaConf.to_container(from_conf, resolve=True)) == preset
+    assert ProjectConfig.from_params(OmegaConf.to_container(from_conf, resolve=True)) == preset
     assert preset.model.name == PRESET_MODEL
     assert preset.train.augmentation.enabled and preset.train.schedule.name != "constant"
     assert preset.data.max_train_images is None  # the whole training split

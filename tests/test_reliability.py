@@ -33,10 +33,10 @@ import yaml
 from conftest import make_synthetic_raw, stage_process
 
 from fashion_cnn import errors
-from fashion_cnn.config import schema
 from fashion_cnn.data import fetch, splits
 from fashion_cnn.data.idx import encode_idx
 from fashion_cnn.stages import prepare
+from fashion_cnn.training.config import ProjectConfig
 from fashion_cnn.utils import atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -428,7 +428,7 @@ def make_template(directory: Path, project_copier) -> Path:
     """A project copy whose outputs exist: synthetic raw and prepared data, a model, reports."""
     project = project_copier(directory)
     make_synthetic_raw(project / "data" / "raw")
-    params = schema.validate(yaml.safe_load((project / "params.yaml").read_text()))
+    params = ProjectConfig.from_params(yaml.safe_load((project / "params.yaml").read_text()))
     prepare.prepare(
         project / "data" / "raw",
         project / "data" / "prepared",

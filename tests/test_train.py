@@ -20,10 +20,10 @@ import pytest
 import yaml
 from conftest import stage_process, tiny_arrays
 
-from fashion_cnn.config import schema as config_module
 from fashion_cnn.data import splits as data
 from fashion_cnn.evaluation import scores
 from fashion_cnn.training import trained_model
+from fashion_cnn.training.config import ProjectConfig
 from fashion_cnn.utils import progress, quiet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def tiny_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in ("params.yaml", "dvc.yaml"):
         shutil.copy(ROOT / name, project / name)
     shutil.copytree(ROOT / "conf", project / "conf")
-    raw_config = config_module.validate(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    raw_config = ProjectConfig.from_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
     data_config = raw_config.data.model_copy(update={"validation_size": 200})
     splits, mean, std = data.split_and_standardize(*tiny_arrays(), data_config)
     for name, split in splits.items():

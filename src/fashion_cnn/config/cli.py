@@ -13,6 +13,7 @@ import re
 import signal
 import sys
 import time
+import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,14 +25,15 @@ from omegaconf import DictConfig
 
 from fashion_cnn import IMPORT_STARTED
 from fashion_cnn.config.schema import (
-    ProjectConfig,
+    ParamsSchema,
     allowed_keys,
+    read_params_file,
     to_plain_dict,
     unknown_key_message,
     validate,
 )
 from fashion_cnn.errors import ConfigError, FashionCnnError
-from fashion_cnn.utils import paths, records
+from fashion_cnn.utils import paths
 
 STAGE_CONFIG_NAME = "fashion_cnn_stage"
 
@@ -54,12 +56,15 @@ def register_stage_config(root: Path) -> None:
     ConfigStore.instance().store(name=STAGE_CONFIG_NAME, node=node)
 
 
-def check_params_file(path: Path) -> Any:
-    """Read params.yaml before Hydra does: a damaged file or a syntax error is one line naming it."""
-    return records.read_params_file(path, tuple(ProjectConfig.model_fields))
+def stage_schema(task: Callable[..., Any]) -> type[ParamsSchema]:
+    """The sections a stage reads: the schema its task's `config` parameter is annotated with."""
+    schema = typing.get_type_hints(task).get("config")
+    if not (isinstance(schema, type) and issubclass(schema, ParamsSchema)):
+        raise TypeError(f"{task.__qualname__}: annotate its `config` parameter with a ParamsSchema")
+    return schema
 
 
-def format_override_error(error: Exception, raw: Any) -> str:
+def format_override_error(error: Exception, raw: Any, schema: type[ParamsSchema]) -> str:
     """One line for a command-line override Hydra cannot apply: a typo in a key, an unknown preset."""
     from hydra.errors import MissingConfigException
 
@@ -68,7 +73,7 @@ def format_override_error(error: Exception, raw: Any) -> str:
     if unknown and "not in struct" in str(error.__cause__):
         key = unknown.group(1)
         loc = tuple(int(part) if part.isdigit() else part for part in key.split("."))
-        allowed = allowed_keys(ProjectConfig, loc, raw if isinstance(raw, dict) else {})
+        allowed = allowed_keys(schema, loc, raw if isinstance(raw, dict) else {})
         return f"invalid params: {unknown_key_message(key, allowed)}"
     if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:
         group, _, name = error.missing_cfg_file.rpartition("/")
@@ -132,8 +137,12 @@ def stage_done_line(name: str, started: float, work_started: float) -> str:
     )
 
 
-def stage_main(task: Callable[[ProjectConfig, paths.ProjectPaths], Any]) -> Callable[[], None]:
-    """Wrap `task(config, project_paths)` as a Hydra app over params.yaml with one-line errors."""
+def stage_main(task: Callable[[Any, paths.ProjectPaths], Any]) -> Callable[[], None]:
+    """Wrap `task(config, project_paths)` as a Hydra app over params.yaml with one-line errors.
+
+    The stage validates only the sections its `config` annotation holds (stage_schema).
+    """
+    schema = stage_schema(task)
 
     @functools.wraps(task)
     def entry() -> None:
@@ -143,7 +152,7 @@ def stage_main(task: Callable[[ProjectConfig, paths.ProjectPaths], Any]) -> Call
             print(f"error: {error}", file=sys.stderr)
             sys.exit(1)
         try:
-            raw_params = check_params_file(project.params_file)
+            raw_params = read_params_file(project.params_file)
         except ConfigError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(1)
@@ -153,7 +162,7 @@ def stage_main(task: Callable[[ProjectConfig, paths.ProjectPaths], Any]) -> Call
         def hydra_app(cfg: DictConfig) -> None:
             job_started = time.perf_counter()
             try:
-                config = validate(to_plain_dict(cfg))
+                config = validate(to_plain_dict(cfg), schema)
                 work_started = time.perf_counter()
                 task(config, project)
                 started = _PROCESS_START.pop() if _PROCESS_START else job_started
@@ -174,7 +183,7 @@ def stage_main(task: Callable[[ProjectConfig, paths.ProjectPaths], Any]) -> Call
         except HydraException as error:
             if user_wants_full_error:
                 raise
-            print(f"error: {format_override_error(error, raw_params)}", file=sys.stderr)
+            print(f"error: {format_override_error(error, raw_params, schema)}", file=sys.stderr)
             sys.exit(1)
 
     return entry

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fashion_cnn.config.schema import DataConfig
+from fashion_cnn.config.sections import DataConfig
 from fashion_cnn.data.idx import IMAGE_SIDE, NUM_CLASSES, load_images, load_labels
 from fashion_cnn.errors import ConfigError, DataError
 from fashion_cnn.utils.atomic import atomic_path

@@ -3,27 +3,23 @@
 This is the seed's "Memory Requirements" section applied to the configured architecture. During
 training every layer's output is kept for backpropagation; during inference a layer's output can be
 freed once the next layer is computed, so only two consecutive layers are held at a time. Sizes use
-decimal units (1 MB = 10^6 bytes), as the seed does. The memory stage writes the report; the train
-stage stops with `check_memory` before it trains when the estimate exceeds the free memory.
+decimal units (1 MB = 10^6 bytes), as the seed does. The memory stage writes the report;
+training/memory_check.py adds the weights' training state and stops the train stage when the estimate
+exceeds the free memory.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
-from fashion_cnn.config.schema import ProjectConfig
-from fashion_cnn.errors import ConfigError
 from fashion_cnn.model.architecture import ModelConfig, infer_shapes
 from fashion_cnn.model.layers import ConvLayer
 
 FLOAT32_BYTES = 4
 # float16 and bfloat16 both take two bytes per value.
 HALF_BYTES = 2
-# Per-parameter tensors an optimizer keeps besides the weights (Adam-style: first and second moments).
-OPTIMIZER_SLOTS = {"nadam": 2, "adam": 2, "rmsprop": 1, "sgd": 1}
 REPORT_MARKDOWN = "memory.md"
 REPORT_JSON = "memory.json"
 # The seed's worked example: 5x5 conv, 200 maps, stride 1, "same", on a 150x100 RGB image, batch 100.
@@ -185,7 +181,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         f"{format_bytes(inference['float32'])} | {format_bytes(inference['float16'])} |",
         "",
         f"The weights take {format_bytes(totals['parameter_bytes'])} in float32; training also keeps their "
-        "gradients and the optimizer's state (`fashion_cnn.model.costs.estimate_training_bytes` adds them).",
+        "gradients and the optimizer's state (`fashion_cnn.training.memory_check` adds them).",
         "",
         "## The seed's worked example",
         "",
@@ -193,53 +189,3 @@ def format_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def estimate_training_bytes(config: ProjectConfig) -> int:
-    """Lower bound of training memory: a batch's activations plus weights, gradients and optimizer state."""
-    half = config.train.mixed_precision in ("mixed_float16", "mixed_bfloat16")
-    report = memory_report(config.model, config.train.batch_size)
-    activations = report["batch"]["training_activation_bytes"]["float16" if half else "float32"]
-    slots = OPTIMIZER_SLOTS[config.train.optimizer]
-    if config.train.optimizer == "sgd" and config.train.momentum == 0:
-        slots = 0
-    # Weights and gradients stay float32 under mixed precision (Keras keeps float32 master weights).
-    return activations + report["totals"]["parameter_bytes"] * (2 + slots)
-
-
-def available_memory_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo (Linux), else None."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def memory_warning(config: ProjectConfig, available_bytes: int | None = None) -> str | None:
-    """One line when the training estimate exceeds `available_bytes` (default: free RAM), else None."""
-    available = available_memory_bytes() if available_bytes is None else available_bytes
-    needed = estimate_training_bytes(config)
-    if available is None or needed <= available:
-        return None
-    return (
-        f"training {config.model.name} with train.batch_size = {config.train.batch_size} needs about "
-        f"{format_bytes(needed)} (estimated) but only {format_bytes(available)} is available; lower "
-        f"train.batch_size or use train.mixed_precision"
-    )
-
-
-# Set to 1 to train even when the memory estimate exceeds the available memory.
-IGNORE_MEMORY_ENV_VAR = "FASHION_CNN_IGNORE_MEMORY_CHECK"
-
-
-def check_memory(config: ProjectConfig, available_bytes: int | None = None) -> str | None:
-    """ConfigError when training would not fit in memory; with $FASHION_CNN_IGNORE_MEMORY_CHECK=1 the
-    same line comes back as a warning to print, and training goes on."""
-    warning = memory_warning(config, available_bytes)
-    if warning is None or os.environ.get(IGNORE_MEMORY_ENV_VAR) == "1":
-        return warning
-    raise ConfigError(f"{warning}; {IGNORE_MEMORY_ENV_VAR}=1 goes on anyway")

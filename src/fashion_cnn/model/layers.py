@@ -12,23 +12,16 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from fashion_cnn.config.schema import PositiveInt, Strict  # noqa: F401 (the layer types' base
 from fashion_cnn.errors import ConfigError
 
 ACTIVATIONS = ("relu", "elu", "gelu", "selu", "swish", "tanh", "sigmoid", "softmax", "linear")
-PositiveInt = Annotated[int, Field(gt=0)]
 # Weights batch normalization keeps per channel: scale and offset (trained), moving mean and variance.
 BATCH_NORM_WEIGHTS = 4
 
 Shape = tuple[int, ...]  # one image's shape, without the batch axis
-
-
-class Strict(BaseModel):
-    """Base for every config section: unknown keys are errors, types are not coerced silently."""
-
-    # Each field's docstring is its description: docs/params.md is generated from them.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
 
 
 def keras_layers() -> Any:

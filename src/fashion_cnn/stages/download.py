@@ -5,14 +5,14 @@ from __future__ import annotations
 import mlflow
 
 from fashion_cnn.config.cli import stage_main
-from fashion_cnn.config.schema import ProjectConfig
+from fashion_cnn.config.sections import DataStageConfig
 from fashion_cnn.data import fetch
 from fashion_cnn.tracking import runs
 from fashion_cnn.utils import paths
 
 
 @stage_main
-def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
+def main(config: DataStageConfig, project: paths.ProjectPaths) -> None:
     """Entry point of `python -m fashion_cnn.stages.download`."""
     sources = fetch.source_list(list(config.data.sources))
     with runs.pipeline_run(project, config, "download"):

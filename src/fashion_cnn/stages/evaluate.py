@@ -12,12 +12,12 @@ import numpy as np
 
 from fashion_cnn import CLASS_NAMES
 from fashion_cnn.config.cli import stage_main
-from fashion_cnn.config.schema import ProjectConfig
 from fashion_cnn.data.splits import load_split
 from fashion_cnn.evaluation import model_outputs, scores
 from fashion_cnn.figures import plotting
 from fashion_cnn.tracking import faults
 from fashion_cnn.training import trained_model
+from fashion_cnn.training.config import ProjectConfig
 from fashion_cnn.utils import paths, records
 from fashion_cnn.utils.atomic import write_json_atomic, write_text_atomic
 

@@ -12,9 +12,9 @@ import sys
 import mlflow
 
 from fashion_cnn.config.cli import hydra_overrides, stage_main
-from fashion_cnn.config.schema import ProjectConfig
 from fashion_cnn.model import costs
 from fashion_cnn.tracking import runs
+from fashion_cnn.training.config import ProjectConfig
 from fashion_cnn.utils import paths
 from fashion_cnn.utils.atomic import write_json_atomic, write_text_atomic
 

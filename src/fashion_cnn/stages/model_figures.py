@@ -11,11 +11,11 @@ import logging
 import mlflow
 
 from fashion_cnn.config.cli import stage_main
-from fashion_cnn.config.schema import ProjectConfig
 from fashion_cnn.data.splits import load_split
 from fashion_cnn.evaluation import model_outputs
 from fashion_cnn.figures import learned
 from fashion_cnn.training import history, trained_model
+from fashion_cnn.training.config import ProjectConfig
 from fashion_cnn.utils import paths
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow
 
 from fashion_cnn.config.cli import stage_main
-from fashion_cnn.config.schema import DataConfig, ProjectConfig
+from fashion_cnn.config.sections import DataConfig, DataStageConfig
 from fashion_cnn.data import splits as data
 from fashion_cnn.data.splits import STATS_FILE, save_npz
 from fashion_cnn.tracking import runs
@@ -36,7 +36,7 @@ def prepare(raw_dir: Path, prepared_dir: Path, data_config: DataConfig) -> dict[
 
 
 @stage_main
-def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
+def main(config: DataStageConfig, project: paths.ProjectPaths) -> None:
     """Entry point of `python -m fashion_cnn.stages.prepare`."""
     with runs.pipeline_run(project, config, "prepare"):
         sizes = prepare(project.raw_dir, project.prepared_dir, config.data)

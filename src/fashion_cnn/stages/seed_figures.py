@@ -10,7 +10,7 @@ import logging
 import mlflow
 
 from fashion_cnn.config.cli import stage_main
-from fashion_cnn.config.schema import ProjectConfig
+from fashion_cnn.config.sections import TrackingStageConfig
 from fashion_cnn.figures import convolution
 from fashion_cnn.tracking import runs
 from fashion_cnn.utils import paths
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 @stage_main
-def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
+def main(config: TrackingStageConfig, project: paths.ProjectPaths) -> None:
     """Entry point of `python -m fashion_cnn.stages.seed_figures`."""
     output_dir = project.figures_dir / "seed"
     with runs.pipeline_run(project, config, "seed_figures"):

@@ -17,12 +17,21 @@ import numpy as np
 import tensorflow as tf
 
 from fashion_cnn.config.cli import hydra_overrides, stage_main
-from fashion_cnn.config.schema import ProjectConfig, save_resolved
+from fashion_cnn.config.schema import save_resolved
 from fashion_cnn.data.splits import load_npz, load_split
-from fashion_cnn.model import costs
 from fashion_cnn.model.architecture import count_parameters
 from fashion_cnn.tracking import faults, runs
-from fashion_cnn.training import checkpoint, distribute, history, loop, recipe, runtime, trained_model
+from fashion_cnn.training import (
+    checkpoint,
+    distribute,
+    history,
+    loop,
+    memory_check,
+    recipe,
+    runtime,
+    trained_model,
+)
+from fashion_cnn.training.config import ProjectConfig
 from fashion_cnn.utils import atomic, paths
 from fashion_cnn.utils.atomic import atomic_path, write_json_atomic, write_text_atomic
 
@@ -118,7 +127,7 @@ def preflight(config: ProjectConfig, project: paths.ProjectPaths) -> None:
     a GPU asked for but absent, steps_per_execution that does not divide an epoch (one replica), a
     model and batch that would not fit in memory."""
     runtime.select_device(config.train.device, config.train.inter_op_threads)
-    if warning := costs.check_memory(config):
+    if warning := memory_check.check_memory(config):
         log.warning("%s", warning)
     train_images = len(load_npz(project.prepared_dir / "train.npz", ("labels",))["labels"])
     steps = recipe.steps_per_epoch(train_images, distribute.global_batch_size(config.train, 1))

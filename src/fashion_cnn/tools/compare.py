@@ -13,10 +13,10 @@ import sys
 import yaml
 
 from fashion_cnn.config.cli import run_cli
-from fashion_cnn.config.schema import validate
 from fashion_cnn.errors import FashionCnnError
 from fashion_cnn.tracking import faults
 from fashion_cnn.tracking import runs as tracking
+from fashion_cnn.training.config import ProjectConfig
 from fashion_cnn.utils import paths
 
 # Always shown, whether or not they differ.
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def table() -> str:
         project = paths.project_paths()
-        config = validate(yaml.safe_load(project.params_file.read_text()))
+        config = ProjectConfig.from_params(yaml.safe_load(project.params_file.read_text()))
         tracking.use_experiment(project, config.tracking.experiment_name)
         return latest_runs_table(config.tracking.experiment_name, arguments.last)
 

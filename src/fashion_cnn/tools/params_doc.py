@@ -21,8 +21,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from fashion_cnn.config.cli import run_cli
-from fashion_cnn.config.schema import ProjectConfig
 from fashion_cnn.model.architecture import LAYER_CLASSES
+from fashion_cnn.training.config import ProjectConfig
 from fashion_cnn.utils import paths
 from fashion_cnn.utils.atomic import write_text_atomic
 

@@ -20,7 +20,7 @@ import mlflow
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from fashion_cnn.config.cli import hydra_overrides
-from fashion_cnn.config.schema import ProjectConfig, flatten
+from fashion_cnn.config.schema import ParamsSchema, flatten
 from fashion_cnn.errors import FashionCnnError
 from fashion_cnn.tracking import faults, sweep
 from fashion_cnn.utils import paths
@@ -145,7 +145,7 @@ def run_tags(project: paths.ProjectPaths, stage: str, overrides: list[str]) -> d
     return tags
 
 
-def log_config(config: ProjectConfig) -> None:
+def log_config(config: ParamsSchema) -> None:
     """Log the whole resolved config as flat dotted params (in batches MLflow accepts) and as config.yaml."""
     items = [(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in flatten(config).items()]
     for start in range(0, len(items), PARAM_BATCH):
@@ -159,7 +159,7 @@ def log_config(config: ProjectConfig) -> None:
 @contextlib.contextmanager
 def stage_run(
     project: paths.ProjectPaths,
-    config: ProjectConfig,
+    config: ParamsSchema,
     stage: str,
     run_name: str,
     experiment_name: str,
@@ -258,7 +258,7 @@ def write_run_info(project: paths.ProjectPaths, run: Any) -> None:
     )
 
 
-def pipeline_run(project: paths.ProjectPaths, config: ProjectConfig, stage: str) -> Any:
+def pipeline_run(project: paths.ProjectPaths, config: ParamsSchema, stage: str) -> Any:
     """The MLflow run of a stage that trains no model (download, prepare, memory, seed_figures):
     named after the stage, in tracking.pipeline_experiment_name, tagged with the command's overrides."""
     return stage_run(

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from fashion_cnn.config.schema import AugmentationConfig
+from fashion_cnn.training.config import AugmentationConfig
 
 # Random erasing's rectangle (Zhong et al. 2017): 2% to 40% of the image, aspect ratio 0.3 to 1/0.3.
 ERASE_AREA = (0.02, 0.4)

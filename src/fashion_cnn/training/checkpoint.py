@@ -26,8 +26,8 @@ import keras
 import mlflow
 import numpy as np
 
-from fashion_cnn.config.schema import ProjectConfig
 from fashion_cnn.errors import FashionCnnError
+from fashion_cnn.training.config import ProjectConfig
 from fashion_cnn.utils import records
 from fashion_cnn.utils.atomic import signals_deferred, write_json_atomic, write_text_atomic
 

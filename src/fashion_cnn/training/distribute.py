@@ -21,8 +21,8 @@ from typing import Any
 
 import tensorflow as tf
 
-from fashion_cnn.config.schema import TrainConfig
 from fashion_cnn.errors import ConfigError
+from fashion_cnn.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,12 @@ import mlflow
 import numpy as np
 import tensorflow as tf
 
-from fashion_cnn.config.schema import ProjectConfig
 from fashion_cnn.data.splits import Split
 from fashion_cnn.errors import FashionCnnError
 from fashion_cnn.model.architecture import build_model, count_parameters, describe
 from fashion_cnn.tracking import faults
 from fashion_cnn.training import checkpoint, cross_entropy, distribute, recipe, runtime
+from fashion_cnn.training.config import ProjectConfig
 from fashion_cnn.utils import progress
 
 

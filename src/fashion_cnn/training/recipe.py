@@ -12,11 +12,11 @@ from typing import Any
 import keras
 import numpy as np
 
-from fashion_cnn.config.schema import ProjectConfig, TrainConfig
 from fashion_cnn.data.idx import NUM_CLASSES
 from fashion_cnn.data.splits import Split
 from fashion_cnn.errors import ConfigError
 from fashion_cnn.training import augmentation
+from fashion_cnn.training.config import ProjectConfig, TrainConfig
 
 # one_cycle starts at the peak divided by this (PyTorch's OneCycleLR div_factor).
 ONE_CYCLE_START_DIVISOR = 25.0

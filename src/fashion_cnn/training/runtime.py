@@ -17,9 +17,9 @@ import tensorflow as tf
 # Keras reads the same private flag to decide whether XLA may run (keras.src.trainers.trainer).
 from tensorflow.python.framework.config import is_op_determinism_enabled
 
-from fashion_cnn.config.schema import TrainConfig
 from fashion_cnn.errors import ConfigError
 from fashion_cnn.training import distribute
+from fashion_cnn.training.config import TrainConfig
 
 
 @dataclass(frozen=True)

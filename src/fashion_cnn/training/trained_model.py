@@ -19,12 +19,13 @@ from typing import Any
 import mlflow
 import yaml
 
-from fashion_cnn.config.schema import ProjectConfig, flatten, validate
+from fashion_cnn.config.schema import flatten
 from fashion_cnn.data.idx import IMAGE_SIDE, NUM_CLASSES
 from fashion_cnn.errors import ConfigError, DataError
 from fashion_cnn.model import artifact
 from fashion_cnn.model.architecture import count_parameters
 from fashion_cnn.tracking import runs
+from fashion_cnn.training.config import ProjectConfig
 from fashion_cnn.utils import paths, records
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def check_archive(path: Path) -> None:
 def _project_config(path: Path) -> ProjectConfig | None:
     """The config in `path` if it is a readable config of this project, else None (no check then)."""
     try:
-        return validate(yaml.safe_load(path.read_text()))
+        return ProjectConfig.from_params(yaml.safe_load(path.read_text()))
     except (OSError, ValueError, yaml.YAMLError, ConfigError, TypeError):
         return None
 
@@ -139,7 +140,7 @@ def read_trained_config(project: paths.ProjectPaths) -> ProjectConfig:
             f"{path}: expected the mapping save_resolved writes, got {records.kind(trained)}; {REBUILD_HINT}"
         )
     try:
-        return validate(trained)
+        return ProjectConfig.from_params(trained)
     except ConfigError as error:
         reason = str(error).removeprefix("invalid params: ")
         problem = "incomplete" if reason.startswith("missing key") else "not the config of a trained model"
