@@ -31,7 +31,7 @@ from fashion_cnn import CLASS_NAMES
 from fashion_cnn.data.splits import STATS_FILE, save_npz
 from fashion_cnn.errors import DataError
 from fashion_cnn.model import artifact
-from fashion_cnn.serving import classifier
+from fashion_cnn.serving import classifier, http_server, protocol
 from fashion_cnn.tools import predict, serve
 from fashion_cnn.training import trained_model
 
@@ -73,10 +73,10 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
 
 
 @pytest.fixture(scope="module")
-def server(model_files: ModelFiles) -> Iterator[serve.ModelServer]:
+def server(model_files: ModelFiles) -> Iterator[http_server.ModelServer]:
     """The real ModelServer on a free port of 127.0.0.1, serving from a thread."""
     loaded = classifier.load_classifier(model_files.model_file, model_files.prepared_dir)
-    model_server = serve.ModelServer(loaded, 0)
+    model_server = http_server.ModelServer(loaded, 0)
     thread = threading.Thread(target=model_server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -110,13 +110,13 @@ def raw_images(count: int, seed: int = 1) -> np.ndarray:
 # ---- the protocol ----
 
 
-def test_health_answers_ok(server: serve.ModelServer) -> None:
+def test_health_answers_ok(server: http_server.ModelServer) -> None:
     for path in ("/health", "/ping"):
         with urllib.request.urlopen(f"{server.url}{path}", timeout=10) as response:
             assert response.status == 200 and json.loads(response.read()) == {"status": "ok"}
 
 
-def test_one_image_or_a_batch_gets_predicts_top_classes(server: serve.ModelServer) -> None:
+def test_one_image_or_a_batch_gets_predicts_top_classes(server: http_server.ModelServer) -> None:
     status, answer = post(f"{server.url}/invocations", {"inputs": raw_images(1)[0].tolist()})
     assert status == 200 and len(answer["predictions"]) == 1
     top = answer["predictions"][0]
@@ -136,7 +136,7 @@ def test_one_image_or_a_batch_gets_predicts_top_classes(server: serve.ModelServe
 
 
 def test_served_probabilities_equal_predicts_for_the_same_raw_image(
-    server: serve.ModelServer, model_files: ModelFiles, tmp_path: Path
+    server: http_server.ModelServer, model_files: ModelFiles, tmp_path: Path
 ) -> None:
     # Fashion-MNIST's own layout (dark background, garment across the full width, centred): predict
     # reads the PNG back unchanged, so both get the same raw pixels and standardize them themselves.
@@ -191,15 +191,15 @@ BAD_REQUESTS = [
                 "HTTP 400 'pixel values must be 0-255 (raw grey levels, not standardized)'", "standardized"),
     bad_request(json.dumps({"inputs": [[float("nan")] * 28] * 28}).encode(), 400, ("is nan",),
                 "serve: NaN pixel values", "HTTP 400 naming 0-255 and the NaN pixel", "nan"),
-    bad_request(_body(np.zeros((serve.MAX_IMAGES + 1, 28, 28), dtype=int).tolist()), 400,
-                (f"{serve.MAX_IMAGES + 1} images", f"at most {serve.MAX_IMAGES}"),
-                f"serve: more than {serve.MAX_IMAGES} images in one request",
+    bad_request(_body(np.zeros((protocol.MAX_IMAGES + 1, 28, 28), dtype=int).tolist()), 400,
+                (f"{protocol.MAX_IMAGES + 1} images", f"at most {protocol.MAX_IMAGES}"),
+                f"serve: more than {protocol.MAX_IMAGES} images in one request",
                 "HTTP 400 naming the count and the limit", "too-many"),
     bad_request(_body(ZEROS.tolist(), top=11), 400, ("'top'", "1 to 10"), "serve: 'top' outside 1-10",
                 "HTTP 400 naming 'top' and 1 to 10", "top"),
     bad_request(_body(ZEROS.tolist(), size=28), 400, ("unknown keys ['size']",), "serve: an unknown key",
                 "HTTP 400 naming the unknown key", "unknown-key"),
-    bad_request(b" " * (serve.MAX_BODY_BYTES + 1), 413, ("bytes", f"at most {serve.MAX_BODY_BYTES:,}"),
+    bad_request(b" " * (protocol.MAX_BODY_BYTES + 1), 413, ("bytes", f"at most {protocol.MAX_BODY_BYTES:,}"),
                 "serve: a body over 20 MiB", "HTTP 413 naming the size and the limit, body left unread",
                 "too-large"),
 ]  # fmt: skip
@@ -207,7 +207,7 @@ BAD_REQUESTS = [
 
 @pytest.mark.parametrize(("body", "status", "fragments"), BAD_REQUESTS)
 def test_a_bad_request_gets_one_line_naming_what_is_wrong(
-    server: serve.ModelServer, body: bytes, status: int, fragments: tuple[str, ...]
+    server: http_server.ModelServer, body: bytes, status: int, fragments: tuple[str, ...]
 ) -> None:
     answer_status, answer = post(f"{server.url}/invocations", body)
     assert answer_status == status and list(answer) == ["error"]
@@ -236,7 +236,7 @@ def test_a_bad_request_gets_one_line_naming_what_is_wrong(
     ],
 )  # fmt: skip
 def test_a_body_without_a_usable_length_is_refused_unread(
-    server: serve.ModelServer, headers: dict[str, str], status: int, fragment: str
+    server: http_server.ModelServer, headers: dict[str, str], status: int, fragment: str
 ) -> None:
     connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
     try:
@@ -250,7 +250,7 @@ def test_a_body_without_a_usable_length_is_refused_unread(
         connection.close()
 
 
-def test_other_paths_are_not_found(server: serve.ModelServer) -> None:
+def test_other_paths_are_not_found(server: http_server.ModelServer) -> None:
     with pytest.raises(urllib.error.HTTPError) as raised:
         urllib.request.urlopen(f"{server.url}/predict", timeout=10)
     assert raised.value.code == 404 and "/invocations" in json.loads(raised.value.read())["error"]

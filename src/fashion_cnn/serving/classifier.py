@@ -7,7 +7,7 @@ standardized with the training statistics (data/prepared/standardization.npz).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,14 +38,17 @@ def preprocess(images: Sequence[np.ndarray] | np.ndarray, mean: np.ndarray, std:
     return ((batch - mean) / std)[..., np.newaxis].astype(np.float32)  # (count, 28, 28, 1)
 
 
-def predict(model: Any, batch: np.ndarray, top_k: int = 3) -> list[list[dict[str, Any]]]:
-    """The top-k classes of each standardized image (count, 28, 28, 1), most probable first."""
+def eager_forward(model: Any) -> Callable[[np.ndarray], Any]:
+    """The model called directly, (count, 28, 28, 1) -> (count, 10): no model.predict overhead."""
+    return lambda batch: model(batch, training=False)
+
+
+def probabilities_of(forward: Callable[[np.ndarray], Any], batch: np.ndarray) -> np.ndarray:
+    """(count, 10) float64 class probabilities of standardized images (count, 28, 28, 1)."""
     import keras
 
-    if len(batch) == 0:
-        return []
     outputs = [
-        keras.ops.convert_to_numpy(model(batch[start : start + BATCH_SIZE], training=False))
+        keras.ops.convert_to_numpy(forward(batch[start : start + BATCH_SIZE]))
         for start in range(0, len(batch), BATCH_SIZE)
     ]
     probabilities = np.concatenate(outputs).astype(np.float64)  # (count, 10)
@@ -53,6 +56,11 @@ def predict(model: Any, batch: np.ndarray, top_k: int = 3) -> list[list[dict[str
     if (probabilities < 0).any() or not np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-3):
         exponentials = np.exp(probabilities - probabilities.max(axis=1, keepdims=True))
         probabilities = exponentials / exponentials.sum(axis=1, keepdims=True)
+    return probabilities
+
+
+def top_classes(probabilities: np.ndarray, top_k: int = 3) -> list[list[dict[str, Any]]]:
+    """The top-k classes of each row of (count, 10) probabilities, most probable first."""
     ranking = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
     return [
         [
@@ -63,6 +71,13 @@ def predict(model: Any, batch: np.ndarray, top_k: int = 3) -> list[list[dict[str
     ]
 
 
+def predict(model: Any, batch: np.ndarray, top_k: int = 3) -> list[list[dict[str, Any]]]:
+    """The top-k classes of each standardized image (count, 28, 28, 1), most probable first."""
+    if len(batch) == 0:
+        return []
+    return top_classes(probabilities_of(eager_forward(model), batch), top_k)
+
+
 @dataclass(frozen=True)
 class Classifier:
     """A checked model and the training statistics its inputs are standardized with."""
@@ -71,6 +86,16 @@ class Classifier:
     model: Any  # keras.Model taking (count, 28, 28, 1)
     mean: np.ndarray  # (1, 28, 28)
     std: np.ndarray  # (1, 28, 28)
+
+    def probabilities(
+        self, images: np.ndarray, forward: Callable[[np.ndarray], Any] | None = None
+    ) -> np.ndarray:
+        """(count, 10) probabilities of raw (count, 28, 28) images of grey levels 0..255.
+
+        `forward` runs the model on standardized images (default: the model called eagerly).
+        """
+        batch = preprocess(images, self.mean, self.std)
+        return probabilities_of(forward or eager_forward(self.model), batch)
 
     def classify(self, images: np.ndarray, top_k: int = 3) -> list[list[dict[str, Any]]]:
         """The top-k classes of raw (count, 28, 28) images of grey levels 0..255."""
