@@ -22,7 +22,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from fashion_cnn.config.cli import hydra_overrides
 from fashion_cnn.config.schema import ParamsSchema, flatten
 from fashion_cnn.errors import FashionCnnError
-from fashion_cnn.tracking import faults, sweep
+from fashion_cnn.tracking import faults, store, sweep
 from fashion_cnn.utils import paths
 from fashion_cnn.utils.atomic import write_json_atomic
 
@@ -71,6 +71,8 @@ def connect(uri: str) -> None:
         faults.check_server(uri)
         for name, value in HTTP_RETRY_DEFAULTS.items():
             os.environ.setdefault(name, value)
+    # The local mlflow.db: damaged, of another schema or locked, one line instead of a traceback.
+    store.check_store(uri)
     mlflow.set_tracking_uri(uri)
 
 
