@@ -47,9 +47,9 @@ def test_conv_layer_cost_reproduces_the_seed_example() -> None:
     assert cost.output_shape == (150, 100, 200)
     assert cost.parameters == 15_200
     assert cost.multiply_adds == 225_000_000
-    assert cost.output_bytes(4) == 12_000_000
-    assert cost.output_bytes(4) * 100 == 1_200_000_000
-    assert cost.output_bytes(2) == 6_000_000
+    assert costs.output_bytes(cost, 4) == 12_000_000
+    assert costs.output_bytes(cost, 4) * 100 == 1_200_000_000
+    assert costs.output_bytes(cost, 2) == 6_000_000
     line = costs.seed_example_line()
     for expected in ("15,200 parameters", "225,000,000 multiplications", "12 MB per instance", "1.2 GB"):
         assert expected in line
@@ -83,7 +83,7 @@ def test_default_model_numbers(make_config) -> None:
 def test_parameters_per_layer_equal_keras(make_config) -> None:
     project_config = make_config("model=lenet5")
     keras_model = architecture.build_model(project_config.model)
-    layer_costs = costs.layer_costs(project_config.model)[1:]
+    layer_costs = architecture.infer_shapes(project_config.model)
     assert [cost.parameters for cost in layer_costs] == [layer.count_params() for layer in keras_model.layers]
     assert [cost.output_shape for cost in layer_costs] == [
         tuple(layer.output.shape[1:]) for layer in keras_model.layers

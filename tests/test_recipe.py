@@ -89,12 +89,12 @@ def test_residual_block_adds_its_input_to_the_convolution_path():
 
 
 def test_multiply_adds_of_recipe_layers_reach_the_memory_report():
-    by_name = {cost.name: cost for cost in costs.layer_costs(model_config(RECIPE_LAYERS))}
+    by_name = {row["name"]: row for row in costs.memory_report(model_config(RECIPE_LAYERS), 1)["layers"]}
     # Output 28x28: depthwise 3x3 over 16 channels, then 1x1 from 16 to 12 channels.
-    assert by_name["03_separable_conv"].multiply_adds == 28 * 28 * 16 * (9 + 12)
+    assert by_name["03_separable_conv"]["multiply_adds"] == 28 * 28 * 16 * (9 + 12)
     # Output 14x14x16: 3x3 convs from 12 and from 16 channels, plus the 1x1 projection from 12.
-    assert by_name["04_residual"].multiply_adds == 14 * 14 * 16 * (9 * (12 + 16) + 12)
-    assert by_name["05_residual"].multiply_adds == 14 * 14 * 16 * 9 * (16 + 16)
+    assert by_name["04_residual"]["multiply_adds"] == 14 * 14 * 16 * (9 * (12 + 16) + 12)
+    assert by_name["05_residual"]["multiply_adds"] == 14 * 14 * 16 * 9 * (16 + 16)
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import re
@@ -14,7 +13,7 @@ import signal
 import sys
 import time
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from fashion_cnn.config.schema import (
     validate,
 )
 from fashion_cnn.errors import ConfigError, FashionCnnError
-from fashion_cnn.utils import paths
+from fashion_cnn.utils import environment, paths
 
 STAGE_CONFIG_NAME = "fashion_cnn_stage"
 
@@ -87,23 +86,6 @@ def format_override_error(error: Exception, raw: Any, schema: type[ParamsSchema]
 
 # Hydra's switch between printing its errors (over several lines, then exit 1) and raising them.
 HYDRA_FULL_ERROR = "HYDRA_FULL_ERROR"
-
-
-@contextlib.contextmanager
-def _hydra_errors_raised() -> Iterator[None]:
-    """Make Hydra raise its composition errors (it prints them over several lines and exits by default).
-
-    A user who set HYDRA_FULL_ERROR=1 keeps Hydra's full report.
-    """
-    previous = os.environ.get(HYDRA_FULL_ERROR)
-    os.environ[HYDRA_FULL_ERROR] = "1"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(HYDRA_FULL_ERROR, None)
-        else:
-            os.environ[HYDRA_FULL_ERROR] = previous
 
 
 # The shell's convention for a process ended by SIGINT (128 + 2).
@@ -178,7 +160,9 @@ def stage_main(task: Callable[[Any, paths.ProjectPaths], Any]) -> Callable[[], N
         signal.signal(signal.SIGTERM, _interrupt)
         user_wants_full_error = os.environ.get(HYDRA_FULL_ERROR) == "1"
         try:
-            with _hydra_errors_raised():
+            # Hydra raises its composition errors (by default it prints them over several lines and
+            # exits); a user who set HYDRA_FULL_ERROR=1 keeps Hydra's full report.
+            with environment.variables_set({HYDRA_FULL_ERROR: "1"}):
                 hydra_app()
         except HydraException as error:
             if user_wants_full_error:

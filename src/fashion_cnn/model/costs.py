@@ -11,10 +11,9 @@ exceeds the free memory.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
-from fashion_cnn.model.architecture import ModelConfig, infer_shapes
+from fashion_cnn.model.architecture import LayerShape, ModelConfig, infer_shapes
 from fashion_cnn.model.layers import ConvLayer
 
 FLOAT32_BYTES = 4
@@ -26,23 +25,9 @@ REPORT_JSON = "memory.json"
 SEED_EXAMPLE = {"input_hw": (150, 100), "channels": 3, "kernel": 5, "filters": 200, "batch_size": 100}
 
 
-@dataclass(frozen=True)
-class LayerCost:
-    """What one layer costs for one image: its output, weights and multiplications."""
-
-    name: str
-    description: str
-    output_shape: tuple[int, ...]
-    parameters: int
-    multiply_adds: int
-
-    @property
-    def output_values(self) -> int:
-        return math.prod(self.output_shape)
-
-    def output_bytes(self, dtype_bytes: int = FLOAT32_BYTES) -> int:
-        """Memory of this layer's output for one image, at `dtype_bytes` per value."""
-        return self.output_values * dtype_bytes
+def output_bytes(shape: LayerShape, dtype_bytes: int = FLOAT32_BYTES) -> int:
+    """Memory of a layer's output for one image, at `dtype_bytes` per value."""
+    return math.prod(shape.output_shape) * dtype_bytes
 
 
 def conv_layer_cost(
@@ -52,24 +37,11 @@ def conv_layer_cost(
     filters: int,
     stride: int = 1,
     padding: str = "same",
-    name: str = "conv",
-) -> LayerCost:
+) -> LayerShape:
     """One conv layer on an image of `input_hw` x `channels`, by the conv entry's own arithmetic."""
     layer = ConvLayer(type="conv", filters=filters, kernel_size=kernel, strides=stride, padding=padding)
     output_shape, parameters, multiply_adds = layer.output((*input_hw, channels))
-    return LayerCost(name, layer.description, output_shape, parameters, multiply_adds)
-
-
-def layer_costs(model_config: ModelConfig) -> list[LayerCost]:
-    """The input image, then one LayerCost per layer of the configured architecture."""
-    costs = [LayerCost("input", "image", tuple(model_config.input_shape), 0, 0)]
-    for shape in infer_shapes(model_config):
-        costs.append(
-            LayerCost(
-                shape.name, shape.layer.description, shape.output_shape, shape.parameters, shape.multiply_adds
-            )
-        )
-    return costs
+    return LayerShape(0, layer, (*input_hw, channels), output_shape, parameters, multiply_adds)
 
 
 def _by_dtype(values: int) -> dict[str, int]:
@@ -79,42 +51,39 @@ def _by_dtype(values: int) -> dict[str, int]:
 
 def memory_report(model_config: ModelConfig, batch_size: int) -> dict[str, Any]:
     """Per-layer costs, totals, and the memory one batch needs for training and for inference."""
-    costs = layer_costs(model_config)
-    pair_values = [
-        first.output_values + second.output_values
-        for first, second in zip(costs[:-1], costs[1:], strict=True)
-    ]
+    # The input image is the first row: it is held in memory like a layer's output.
+    rows = [
+        {"name": "input", "description": "image", "output_shape": list(model_config.input_shape),
+         "parameters": 0, "multiply_adds": 0},
+    ] + [
+        {"name": shape.name, "description": shape.layer.description, "output_shape": list(shape.output_shape),
+         "parameters": shape.parameters, "multiply_adds": shape.multiply_adds}
+        for shape in infer_shapes(model_config)
+    ]  # fmt: skip
+    values = [math.prod(row["output_shape"]) for row in rows]
+    for row, count in zip(rows, values, strict=True):
+        row["activation_bytes"] = _by_dtype(count)
+    pair_values = [first + second for first, second in zip(values[:-1], values[1:], strict=True)]
     peak = max(range(len(pair_values)), key=pair_values.__getitem__)
-    total_values = sum(cost.output_values for cost in costs)
-    parameters = sum(cost.parameters for cost in costs)
+    parameters = sum(row["parameters"] for row in rows)
     return {
         "model": model_config.name,
         "input_shape": list(model_config.input_shape),
         "batch_size": batch_size,
         "units": "bytes; float16 columns also hold for bfloat16",
-        "layers": [
-            {
-                "name": cost.name,
-                "description": cost.description,
-                "output_shape": list(cost.output_shape),
-                "parameters": cost.parameters,
-                "multiply_adds": cost.multiply_adds,
-                "activation_bytes": _by_dtype(cost.output_values),
-            }
-            for cost in costs
-        ],
+        "layers": rows,
         "totals": {
             "parameters": parameters,
             "parameter_bytes": parameters * FLOAT32_BYTES,
-            "multiply_adds": sum(cost.multiply_adds for cost in costs),
-            "activation_bytes": _by_dtype(total_values),
+            "multiply_adds": sum(row["multiply_adds"] for row in rows),
+            "activation_bytes": _by_dtype(sum(values)),
         },
         "batch": {
             # Backpropagation needs every layer's output of the forward pass.
-            "training_activation_bytes": _by_dtype(batch_size * total_values),
+            "training_activation_bytes": _by_dtype(batch_size * sum(values)),
             # Inference frees a layer's output once the next one is computed.
             "inference_activation_bytes": _by_dtype(batch_size * pair_values[peak]),
-            "inference_peak_layers": [costs[peak].name, costs[peak + 1].name],
+            "inference_peak_layers": [rows[peak]["name"], rows[peak + 1]["name"]],
         },
     }
 
@@ -135,8 +104,8 @@ def seed_example_line() -> str:
     return (
         f'A 5x5 conv with {example["filters"]} feature maps of {height}x{width}, stride 1, "same" padding, '
         f"on a {height}x{width} RGB image: {cost.parameters:,} parameters, {cost.multiply_adds:,} "
-        f"multiplications, {format_bytes(cost.output_bytes())} per instance in float32 and "
-        f"{format_bytes(cost.output_bytes() * example['batch_size'])} for a batch of {example['batch_size']}."
+        f"multiplications, {format_bytes(output_bytes(cost))} per instance in float32 and "
+        f"{format_bytes(output_bytes(cost) * example['batch_size'])} for a batch of {example['batch_size']}."
     )
 
 

@@ -24,6 +24,7 @@ import mlflow
 import requests
 
 from fashion_cnn.errors import FashionCnnError
+from fashion_cnn.utils import environment
 
 # How long a tracking server may take to answer the check before a stage starts.
 SERVER_TIMEOUT_SECONDS = 5.0
@@ -170,16 +171,8 @@ def quick_requests() -> Iterator[None]:
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": str(math.ceil(PROBE_TIMEOUT_SECONDS)),
     }
-    saved = {name: os.environ.get(name) for name in quick}
-    os.environ.update(quick)
-    try:
+    with environment.variables_set(quick):
         yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 # The stage in progress records its failed calls here (stage_run installs a fresh one).

@@ -1,4 +1,4 @@
-"""Reading the small text files the stages leave for each other (JSON, YAML, CSV, plain text).
+"""Reading and writing the small text files the stages leave for each other (JSON, YAML, CSV, text).
 
 Each reader names the file, what is wrong with it (missing, empty, not UTF-8 text, cut short,
 unparseable) and the command that makes it again (`rebuild`), in one DataError line.
@@ -6,8 +6,11 @@ unparseable) and the command that makes it again (`rebuild`), in one DataError l
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +19,26 @@ import yaml
 from fashion_cnn.errors import ConfigError, DataError
 
 
-def read_text(path: Path, rebuild: str) -> str:
-    """The file's text; a DataError when it is missing, empty or not UTF-8 (bytes flipped on disk)."""
+def check_file(path: Path, rebuild: str) -> None:
+    """A DataError naming `path` when it is missing, not a readable file or empty (0 bytes): the one
+    check every reader of a stage's file makes first; `rebuild` says what makes the file again."""
     try:
-        content = path.read_bytes()
+        size = path.stat().st_size
     except FileNotFoundError:
         raise DataError(f"{path}: missing; {rebuild}") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot be read ({error.strerror}); {rebuild}") from None
+    if not path.is_file():
+        raise DataError(f"{path}: missing (a folder is there, not a file); {rebuild}")
+    if size == 0:
+        raise DataError(f"{path}: empty file; {rebuild}")
+
+
+def read_text(path: Path, rebuild: str) -> str:
+    """The file's text; a DataError when it is missing, empty or not UTF-8 (bytes flipped on disk)."""
+    check_file(path, rebuild)
+    try:
+        content = path.read_bytes()
     except OSError as error:
         raise DataError(f"{path}: cannot be read ({error.strerror}); {rebuild}") from None
     if not content.strip():
@@ -97,6 +114,16 @@ def kind(value: Any) -> str:
         return "nothing"
     name = type(value).__name__
     return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def csv_text(rows: list[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """Rows of dicts as CSV text with a header line (`columns`, else the first row's keys), each line
+    ending in a newline: the one CSV writer of the project's records."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns or rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def sha256(path: Path) -> str:
