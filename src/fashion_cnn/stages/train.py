@@ -19,6 +19,7 @@ import tensorflow as tf
 from fashion_cnn.config.cli import hydra_overrides, stage_main
 from fashion_cnn.config.schema import save_resolved
 from fashion_cnn.data.splits import load_npz, load_split
+from fashion_cnn.errors import FashionCnnError
 from fashion_cnn.model.architecture import count_parameters
 from fashion_cnn.tracking import faults, runs
 from fashion_cnn.training import (
@@ -30,6 +31,7 @@ from fashion_cnn.training import (
     recipe,
     runtime,
     trained_model,
+    verdict,
 )
 from fashion_cnn.training.config import ProjectConfig
 from fashion_cnn.utils import atomic, paths
@@ -69,6 +71,11 @@ def train(
         chief=task.is_chief,
         checkpoint_dir=checkpoint_dir,
     )
+    # A model that learned nothing is not saved (every worker stops): the previous one stays.
+    if reason := verdict.learned_nothing(rows, len(validation_split.labels)):
+        if task.is_chief:
+            faults.log_safely(mlflow.set_tags, {"learned_nothing": "true", "learned_nothing.reason": reason})
+        raise FashionCnnError(verdict.refusal(reason, project.model_file))
     metrics = loop.summarize(rows, time.perf_counter() - started)
     if task.is_chief:
         save_and_log(config, project, model, rows, metrics, validation_split.images, strategy)
