@@ -57,6 +57,6 @@ def refusal(reason: str, model_file: Path) -> str:
         f"{model_file} is still the previous run's" if model_file.exists() else f"no {model_file} was written"
     )
     return (
-        f"training learned nothing: {reason}; the model was not saved ({kept}): lower train.learning_rate, "
-        f"or train for more epochs or on more data"
+        f"training learned nothing: {reason}; the model was not saved ({kept}): change train.learning_rate "
+        f"(too high diverges, too low barely moves), or train for more epochs or on more data"
     )
