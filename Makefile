@@ -107,9 +107,10 @@ serve: setup ## Serve data/model/model.keras (refused if it carries code) on htt
 	python -m fashion_cnn.tools.serve --port $(SERVE_PORT)
 
 .PHONY: docs
-docs: setup ## Regenerate docs/params.md (from the params schema) and docs/reliability.md (from the tests' reliability markers)
+docs: setup ## Regenerate docs/params.md (params schema), docs/reliability.md (tests' markers) and the README's and docs' numbers (reports/)
 	python -m fashion_cnn.tools.params_doc
 	python -m tests.reliability_doc
+	python -m fashion_cnn.tools.report_docs
 
 deps: setup ## Rewrite each stage's code deps in dvc.yaml from its imports (tests/test_dvc_deps.py checks them)
 	python tests/test_dvc_deps.py

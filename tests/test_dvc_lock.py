@@ -164,6 +164,34 @@ def test_the_projects_lock_is_current() -> None:
     assert not stale, "dvc.lock is stale:\n" + "\n".join(stale)
 
 
+def outputs_by_caching(stages: dict[str, Any]) -> dict[bool, list[str]]:
+    """dvc.yaml's outputs by DVC caching: True for cached (the default), False for `cache: false`."""
+    found: dict[bool, list[str]] = {True: [], False: []}
+    for stage in stages.values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind) or []:
+                for path, options in ({entry: None} if isinstance(entry, str) else entry).items():
+                    found[bool((options or {}).get("cache", True))].append(path)
+    return found
+
+
+def test_every_output_is_committed_or_ignored() -> None:
+    """`cache: false` outputs are committed records; cached ones are git-ignored; none is left untracked."""
+    outputs = outputs_by_caching(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
+
+    def git(*arguments: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", *arguments], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    uncommitted = [path for path in outputs[False] if not git("ls-files", "--", path).stdout.strip()]
+    assert uncommitted == [], (
+        f"cache: false outputs not in git: {', '.join(uncommitted)}; run `dvc repro`, then `git add` them"
+    )
+    not_ignored = [path for path in outputs[True] if git("check-ignore", "--no-index", "-q", path).returncode]
+    assert not_ignored == [], (
+        f"cached outputs git does not ignore: {', '.join(not_ignored)}; add them to .gitignore"
+    )
+
+
 # A fake project: two stages, code as a file and a folder (with a .dvcignore'd __pycache__), params
 # as whole sections and single keys, and a stage that reads the other's output.
 FAKE_DVC_YAML = {
