@@ -18,13 +18,15 @@ MLFLOW_PORT ?= 5000
 BENCH_ARGS ?=
 # Extra options of `make bench-startup`, e.g. STARTUP_ARGS="--rounds 5 --baseline main" (python -m benchmarks.startup -h).
 STARTUP_ARGS ?=
+# Extra options of `make bench-serve`, e.g. SERVE_BENCH_ARGS="--seconds 5 --baseline main" (python -m benchmarks.serve_load -h).
+SERVE_BENCH_ARGS ?=
 # Port of `make serve`, the trained model's HTTP endpoint (bound to 127.0.0.1 only; 0 picks a free port).
 SERVE_PORT ?= 5001
 # Stage commands in dvc.yaml run `python`: make it the project's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup dataset browser repro test test-slow reproduce reproduce-quick bench bench-startup race race-spread \
+.PHONY: help setup dataset browser repro test test-slow reproduce reproduce-quick bench bench-startup bench-serve race race-spread \
 	recipe-sweep recipe-report recipe-finalist reproduce-recipe ui compare serve deps lint format clean
 
 help: ## List the targets
@@ -79,6 +81,9 @@ bench: setup ## Time training vs the seed's Keras code, the train stage, dvc rep
 bench-startup: setup ## dvc repro of the quick profile from nothing, a baseline commit vs the working tree, per stage (reports/startup.json, docs/performance.md; run alone)
 	python -m benchmarks.startup $(STARTUP_ARGS)
 
+bench-serve: setup ## Today's model server (a baseline commit) vs this one under 1-64 concurrent clients and one 1,000-image request (reports/serve_bench.json, docs/serving.md; ~4 min; run alone)
+	python -m benchmarks.serve_load $(SERVE_BENCH_ARGS)
+
 race: setup ## Time the seed recipe and each preset of conf/race.yaml side by side (reports/race.json, race.png; 26 min on 2 cores; run alone)
 	python -m fashion_cnn.tools.race
 
@@ -102,6 +107,9 @@ ui: setup ## Serve the MLflow UI for the project's own store on http://127.0.0.1
 
 compare: setup ## Table of the latest training runs: params that differ, test accuracy, epoch time
 	python -m fashion_cnn.tools.compare --last 10
+
+backup-runs: setup ## Back up the run history (mlflow.db with SQLite's online backup, and mlartifacts/) to backups/runs-<time>; restoring: docs/tracking.md
+	python -m fashion_cnn.tools.backup_runs
 
 serve: setup ## Serve data/model/model.keras (refused if it carries code) on http://127.0.0.1:$SERVE_PORT (default 5001): POST raw 28x28 pixels 0-255 as JSON to /invocations
 	python -m fashion_cnn.tools.serve --port $(SERVE_PORT)

@@ -45,6 +45,7 @@ GROUPS = {
     "test_memory.py": "Models that do not fit",
     "test_predict.py": "Predicting your own images",
     "test_serve.py": "Serving",
+    "test_serve_load.py": "Serving under load",
     "test_tracking_faults.py": "Tracking server",
     "test_mlflow_server.py": "Tracking server",
     "test_reliability.py": "Full disks and interruptions",

@@ -107,8 +107,8 @@ def burst(port: int, bodies: list[bytes]) -> list[Answer]:
 @reliability(
     case=f"serve: a burst of {GOOD_REQUESTS + BAD_REQUESTS} simultaneous connections "
     f"({GOOD_REQUESTS} good requests, {BAD_REQUESTS} bad)",
-    sees="every good request its own image's classes (equal to predict's within 1e-6), every bad one "
-    "HTTP 400 and its one-line JSON error; none reset (listen backlog 1024, socketserver's default was 5)",
+    sees="all answered, none reset: each good one its own classes (within 1e-6), "
+    "each bad one a 400 JSON line",
 )
 def test_a_burst_of_connections_is_all_answered_right(
     server: http_server.ModelServer, loaded: classifier.Classifier
@@ -170,16 +170,15 @@ def asked_while(server: http_server.ModelServer, busy: threading.Event) -> list[
             False, f"no data for {READ_TIMEOUT:g} s after 100 of 5,000 body bytes", id="silent",
             marks=reliability(
                 case="serve: a client that sends the headers and part of the body, then stalls",
-                sees="HTTP 408 and one log line after the read timeout (10 s; 1 s in the test), "
-                "others answered meanwhile within 5 s, no traceback",
+                sees="HTTP 408 and one log line after 10 s of silence; "
+                "others answered meanwhile; no traceback",
             ),
         ),
         pytest.param(
             True, f"the body took over {BODY_SECONDS:g} s", id="trickling",
             marks=reliability(
                 case="serve: a client that trickles its body a byte at a time",
-                sees="HTTP 408 and one log line once the body has taken 30 s (3 s in the test), "
-                "others answered meanwhile within 5 s, no traceback",
+                sees="HTTP 408 and one log line once the body has taken 30 s; others answered meanwhile",
             ),
         ),
     ],
@@ -337,3 +336,40 @@ def test_a_failing_forward_pass_fails_each_of_its_requests_and_the_batcher_goes_
         assert batcher.probabilities(np.zeros((2, 28, 28))).shape == (2, 10)
     finally:
         batcher.close()
+
+
+# ---- the load benchmark's table (benchmarks/serve_load.py measures; this only formats) ----
+
+
+def bench_report(now_16: float, now_p99: float) -> dict[str, Any]:
+    """A serve_bench.json as the benchmark writes it, for 1 and 16 clients."""
+
+    def level(rate: float, p50: float, p99: float) -> dict[str, Any]:
+        return {"requests_per_second": rate, "p50_ms": p50, "p99_ms": p99, "failures": 0}
+
+    return {
+        "measured_at": "2026-12-05 10:00", "machine": {"cpu_model": "AMD EPYC", "logical_cpus": 2},
+        "seconds_per_level": 20.0, "model": "small_cnn",
+        "baseline": {"ref": "8e317f2", "commit": "8e317f2" * 5},
+        "candidate": {"commit": "abcdef0" * 5, "working_tree_changes": False},
+        "results": {
+            "baseline": {"concurrency": {"1": level(82, 11.0, 16.0), "16": level(91, 170.0, 230.0)},
+                         "big_request": {"images": 1000, "images_per_second": 2055.0}},
+            "candidate": {"concurrency": {"1": level(240, 4.0, 8.0), "16": level(now_16, 30.0, now_p99)},
+                          "big_request": {"images": 1000, "images_per_second": 3400.0}},
+        },
+    }  # fmt: skip
+
+
+def test_the_bench_table_shows_both_servers_and_whether_the_target_held(tmp_path) -> None:
+    from benchmarks import serve_table
+
+    text = serve_table.format_table(bench_report(500.0, 40.0))
+    assert "| 16 | 91 | 170.0 | 230.0 | 500 | 30.0 | 40.0 | 5.5x |" in text
+    assert "2,055 images/s today, 3,400 now" in text and "**met**" in text
+    assert "**not met**" in serve_table.format_table(bench_report(500.0, 60.0))  # p99 over 50 ms
+    assert "**not met**" in serve_table.format_table(bench_report(400.0, 40.0))  # 4.4x
+    doc = tmp_path / "serving.md"
+    doc.write_text(f"# Serving\n\nintro\n\n{serve_table.SECTION}")
+    serve_table.write_doc(doc, bench_report(500.0, 40.0))
+    assert doc.read_text().startswith("# Serving\n\nintro\n\n## Under load") and "5.5x" in doc.read_text()
