@@ -20,7 +20,7 @@ from PIL import Image
 
 from fashion_cnn.config import schema
 from fashion_cnn.stages import prepare
-from fashion_cnn.tracking import runs
+from fashion_cnn.tracking import record, runs
 from fashion_cnn.training import checkpoint, history
 from fashion_cnn.training.config import ProjectConfig
 from fashion_cnn.utils import paths
@@ -86,7 +86,7 @@ def logged_run(project_paths: paths.ProjectPaths, run_config: ProjectConfig) -> 
 
     experiment_id = runs.use_experiment(project_paths, run_config.tracking.experiment_name)
     with mlflow.start_run(experiment_id=experiment_id, run_name="train") as run:
-        runs.log_config(run_config)
+        record.log_config(run_config)
     return {
         "run_id": run.info.run_id,
         "experiment_id": experiment_id,

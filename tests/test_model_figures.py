@@ -19,7 +19,6 @@ from fashion_cnn.errors import DataError
 from fashion_cnn.evaluation import model_outputs, scores
 from fashion_cnn.figures import learned, plotting
 from fashion_cnn.model import architecture
-from fashion_cnn.tracking import runs
 from fashion_cnn.training import history, trained_model
 from fashion_cnn.utils import paths, records
 
@@ -63,7 +62,7 @@ def model_project(project: Path, make_config) -> Path:
     )
     run = client.create_run(experiment_id, run_name="train")
     client.set_terminated(run.info.run_id)
-    runs.write_run_info(project_paths, run)
+    trained_model.write_run_info(project_paths, run)
     return project
 
 

@@ -291,7 +291,7 @@ def test_missing_model_or_statistics_give_one_line_naming_the_file(
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and str(model_file) in error and "dvc repro" in error
 
-    model_file.write_bytes(b"")  # present now: the statistics are what is missing
+    model_file.write_bytes(b"not read")  # present now: the statistics are what is missing
     assert predict.main(arguments) == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and str(tmp_path / STATS_FILE) in error and "dvc repro" in error

@@ -17,6 +17,7 @@ import pytest
 from fashion_cnn import errors
 from fashion_cnn.tools import ui
 from fashion_cnn.tracking import faults as server
+from fashion_cnn.tracking import keras_model
 from fashion_cnn.tracking import runs as tracking
 from fashion_cnn.utils import paths
 
@@ -47,6 +48,36 @@ def test_no_warning_when_every_call_succeeded() -> None:
     failures = server.LoggingFailures("sqlite:///unused.db")
     assert failures.call(lambda value: value * 2, 21) == 42
     assert failures.summary() == ""
+
+
+def tiny_keras_model():  # -> keras.Model
+    """A model of the project's input and output shapes, small enough to save in a moment."""
+    import keras
+
+    inputs = keras.Input((28, 28, 1))
+    return keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs)))
+
+
+def test_mlflow_keras_still_needs_the_model_folder_workaround(tmp_path: Path) -> None:
+    """tracking/keras_model.py wraps MLflow's private _save_example (mlflow#16183). This fails when MLflow
+    renames it or changes its arguments, or fixes the bug: then delete the workaround."""
+    import inspect
+
+    import mlflow.keras.save
+    import numpy as np
+
+    parameters = tuple(inspect.signature(mlflow.keras.save._save_example).parameters)
+    assert parameters[: len(keras_model.PATCHED_ARGUMENTS)] == keras_model.PATCHED_ARGUMENTS
+    model, example = tiny_keras_model(), np.zeros((2, 28, 28, 1), np.float32)
+    # The bug: the input example is written before the model folder is made.
+    with pytest.raises(FileNotFoundError):
+        mlflow.keras.save_model(model, str(tmp_path / "without"), input_example=example)
+    original = mlflow.keras.save._save_example
+    with keras_model._model_folder_created_first():
+        mlflow.keras.save_model(model, str(tmp_path / "with"), input_example=example)
+    assert (tmp_path / "with" / "input_example.json").is_file()
+    # Restored after the block: nothing else in the process sees the wrapper.
+    assert mlflow.keras.save._save_example is original
 
 
 # ---- Hydra multirun: one parent run per sweep ----

@@ -13,6 +13,7 @@ import numpy as np
 from fashion_cnn.config.sections import DataConfig
 from fashion_cnn.data.idx import IMAGE_SIDE, NUM_CLASSES, load_images, load_labels
 from fashion_cnn.errors import ConfigError, DataError
+from fashion_cnn.utils import records
 from fashion_cnn.utils.atomic import atomic_path
 
 SPLITS = ("train", "validation", "test")
@@ -45,10 +46,7 @@ def load_npz(path: Path, keys: tuple[str, ...], rebuild: str = PREPARED_REBUILD)
     Reading an array through the zip archive checks it against the CRC-32 stored beside it, so
     flipped bytes in an array read are found (zipfile raises BadZipFile "Bad CRC-32").
     """
-    if not path.is_file():
-        raise DataError(f"{path}: missing; {rebuild}")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: empty file; {rebuild}")
+    records.check_file(path, rebuild)
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [key for key in keys if key not in archive.files]
@@ -127,10 +125,7 @@ def load_raw(raw_dir: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _load_raw_file(path: Path, loader: Callable[[Path], np.ndarray]) -> np.ndarray:
     """One raw file through its idx loader; any problem names its path and how to fetch it again."""
-    if not path.is_file():
-        raise DataError(f"{path}: missing; {RAW_REBUILD}")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: empty file; {RAW_REBUILD}")
+    records.check_file(path, RAW_REBUILD)
     try:
         return loader(path)
     except DataError as error:

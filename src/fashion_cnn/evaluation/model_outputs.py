@@ -121,8 +121,7 @@ def read(path: Path, test: Split, model_file: Path) -> ModelOutputs:
                 f"the feature maps of {name} must be float32 of shape ({len(class_indices)}, height, "
                 f"width, filters), got {maps.dtype} {maps.shape}"
             )
-    if not model_file.is_file():
-        raise DataError(f"{model_file}: missing; {trained_model.REBUILD_HINT}")
+    records.check_file(model_file, trained_model.REBUILD_HINT)
     recorded, actual = str(arrays["model_sha256"]), records.sha256(model_file)
     if recorded != actual:
         raise wrong(

@@ -3,8 +3,6 @@ machine and the input files, for the evaluate stage's report."""
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 
 import keras
@@ -44,15 +42,6 @@ def score(model: keras.Model, split: Split) -> dict:
         ],
         "confusion": sklearn_metrics.confusion_matrix(split.labels, predicted, labels=labels),
     }
-
-
-def to_csv(rows: list[dict]) -> str:
-    """Rows of dicts as CSV text with a header."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def hardware() -> str:

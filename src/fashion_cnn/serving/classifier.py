@@ -19,6 +19,7 @@ from fashion_cnn.data.idx import IMAGE_SIDE
 from fashion_cnn.data.splits import STATS_FILE, load_standardization
 from fashion_cnn.errors import DataError
 from fashion_cnn.training import trained_model
+from fashion_cnn.utils import records
 
 # Images per forward pass: bounds memory for long lists of images.
 BATCH_SIZE = 256
@@ -104,11 +105,8 @@ class Classifier:
 
 def load_classifier(model_path: Path, prepared_dir: Path) -> Classifier:
     """The checked model and the statistics, or a DataError naming the file that is wrong."""
-    stats_path = prepared_dir / STATS_FILE
-    if not model_path.is_file():
-        raise DataError(f"{model_path}: model file not found (train it with `dvc repro`)")
-    if not stats_path.is_file():
-        raise DataError(f"{stats_path}: standardization statistics not found (make them with `dvc repro`)")
+    # The model file is checked first, before the statistics are read (load_model reads it after).
+    records.check_file(model_path, REBUILD_HINT)
     mean, std = load_standardization(prepared_dir)
     # No code from the file, safe mode, and a model that takes (28, 28, 1) images and gives 10 scores.
     return Classifier(model_path, trained_model.load_model(model_path), mean, std)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import mlflow
-
 from fashion_cnn.config.cli import stage_main
 from fashion_cnn.config.sections import DataStageConfig
 from fashion_cnn.data import fetch
-from fashion_cnn.tracking import runs
+from fashion_cnn.tracking import record, runs
 from fashion_cnn.utils import paths
 
 
@@ -19,7 +17,7 @@ def main(config: DataStageConfig, project: paths.ProjectPaths) -> None:
         used = fetch.download(
             sources, config.data.timeout_seconds, project.raw_dir, config.data.deadline_seconds
         )
-        mlflow.set_tags({f"source.{name}": source for name, source in used.items()})
+        record.tags({f"source.{name}": source for name, source in used.items()})
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ into that model's MLflow run.
 
 from __future__ import annotations
 
-import mlflow
 import numpy as np
 
 from fashion_cnn import CLASS_NAMES
@@ -15,7 +14,7 @@ from fashion_cnn.config.cli import stage_main
 from fashion_cnn.data.splits import load_split
 from fashion_cnn.evaluation import model_outputs, scores
 from fashion_cnn.figures import plotting
-from fashion_cnn.tracking import faults
+from fashion_cnn.tracking import record
 from fashion_cnn.training import trained_model
 from fashion_cnn.training.config import ProjectConfig
 from fashion_cnn.utils import paths, records
@@ -29,11 +28,7 @@ def evaluate(project: paths.ProjectPaths) -> dict:
     test_split = load_split(project.prepared_dir, "test")
     inputs = scores.input_record(project)
     test = scores.score(model, test_split)
-    train_metrics = records.read_json_object(
-        project.train_metrics_file,
-        {"val_accuracy": float, "val_loss": float, "train_seconds": (int, float)},
-        "restore it with `dvc checkout reports/train/metrics.json` or rebuild it with `dvc repro train`",
-    )
+    train_metrics = trained_model.read_train_metrics(project)
     report = {
         "test": {
             "accuracy": round(test["accuracy"], 4),
@@ -55,17 +50,16 @@ def evaluate(project: paths.ProjectPaths) -> dict:
     )
     write_json_atomic(project.metrics_file, report)
     write_json_atomic(project.evaluate_dir / "inputs.json", inputs)
-    write_text_atomic(project.evaluate_dir / "per_class.csv", scores.to_csv(test["per_class"]))
+    write_text_atomic(project.evaluate_dir / "per_class.csv", records.csv_text(test["per_class"]))
     pairs = [
         {"actual": CLASS_NAMES[actual], "predicted": CLASS_NAMES[predicted]}
         for actual, predicted in zip(test_split.labels, test["predicted"], strict=True)
     ]
-    write_text_atomic(project.evaluate_dir / "confusion.csv", scores.to_csv(pairs))
+    write_text_atomic(project.evaluate_dir / "confusion.csv", records.csv_text(pairs))
     figure = plotting.plot_confusion_matrix(test["confusion"], CLASS_NAMES)
     plotting.save_figure(figure, project.figures_dir / "confusion_matrix.png")
 
-    faults.log_safely(
-        mlflow.log_metrics,
+    record.metrics(
         {
             "test_loss": test["loss"],
             "test_accuracy": test["accuracy"],
@@ -74,23 +68,19 @@ def evaluate(project: paths.ProjectPaths) -> dict:
                 f"test_f1.{row['class'].replace('/', '_').replace(' ', '_')}": row["f1"]
                 for row in test["per_class"]
             },
-        },
+        }
     )
-    faults.log_safely(
-        mlflow.log_input,
-        mlflow.data.from_numpy(test_split.images, targets=test_split.labels, name="fashion-mnist-test"),
-        context="testing",
+    record.dataset(test_split.images, test_split.labels, "fashion-mnist-test", "testing")
+    record.tags({f"evaluate.{name}_sha256": file["sha256"] for name, file in inputs.items()})
+    record.artifacts(
+        [
+            project.evaluate_dir / "inputs.json",
+            project.evaluate_dir / "per_class.csv",
+            project.figures_dir / "confusion_matrix.png",
+            project.metrics_file,
+        ],
+        "evaluate",
     )
-    faults.log_safely(
-        mlflow.set_tags, {f"evaluate.{name}_sha256": record["sha256"] for name, record in inputs.items()}
-    )
-    for path in (
-        project.evaluate_dir / "inputs.json",
-        project.evaluate_dir / "per_class.csv",
-        project.figures_dir / "confusion_matrix.png",
-        project.metrics_file,
-    ):
-        faults.log_safely(mlflow.log_artifact, str(path), artifact_path="evaluate")
     return report
 
 

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import sys
 
-import mlflow
-
 from fashion_cnn.config.cli import hydra_overrides, stage_main
 from fashion_cnn.model import costs
-from fashion_cnn.tracking import runs
+from fashion_cnn.tracking import record, runs
 from fashion_cnn.training.config import ProjectConfig
 from fashion_cnn.utils import paths
 from fashion_cnn.utils.atomic import write_json_atomic, write_text_atomic
@@ -37,9 +35,8 @@ def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
     write_text_atomic(markdown_path, markdown)
     write_json_atomic(json_path, report)
     with runs.pipeline_run(project, config, "memory"):
-        mlflow.log_artifact(str(markdown_path))
-        mlflow.log_artifact(str(json_path))
-        mlflow.log_metrics(
+        record.artifacts([markdown_path, json_path])
+        record.metrics(
             {
                 "parameters": report["totals"]["parameters"],
                 "multiply_adds": report["totals"]["multiply_adds"],

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import logging
 
-import mlflow
-
 from fashion_cnn.config.cli import stage_main
 from fashion_cnn.data.splits import load_split
 from fashion_cnn.evaluation import model_outputs
 from fashion_cnn.figures import learned
+from fashion_cnn.tracking import record
 from fashion_cnn.training import history, trained_model
 from fashion_cnn.training.config import ProjectConfig
 from fashion_cnn.utils import paths
@@ -30,8 +29,7 @@ def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
     output_dir = project.figures_dir / "model"
     with trained_model.model_run(project, config, "model_figures"):
         written = learned.render_model_figures(outputs, test, history_rows, output_dir)
-        for path in written:
-            mlflow.log_artifact(str(path), artifact_path="figures/model")
+        record.artifacts(written, "figures/model")
     log.info("wrote %d figures to %s", len(written), output_dir)
 
 

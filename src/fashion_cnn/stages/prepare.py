@@ -5,13 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import mlflow
-
 from fashion_cnn.config.cli import stage_main
 from fashion_cnn.config.sections import DataConfig, DataStageConfig
 from fashion_cnn.data import splits as data
 from fashion_cnn.data.splits import STATS_FILE, save_npz
-from fashion_cnn.tracking import runs
+from fashion_cnn.tracking import record, runs
 from fashion_cnn.utils import atomic, paths
 
 log = logging.getLogger(__name__)
@@ -40,7 +38,7 @@ def main(config: DataStageConfig, project: paths.ProjectPaths) -> None:
     """Entry point of `python -m fashion_cnn.stages.prepare`."""
     with runs.pipeline_run(project, config, "prepare"):
         sizes = prepare(project.raw_dir, project.prepared_dir, config.data)
-        mlflow.log_metrics({f"{name}_images": size for name, size in sizes.items()})
+        record.metrics({f"{name}_images": size for name, size in sizes.items()})
 
 
 if __name__ == "__main__":

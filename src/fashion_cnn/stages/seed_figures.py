@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import logging
 
-import mlflow
-
 from fashion_cnn.config.cli import stage_main
 from fashion_cnn.config.sections import TrackingStageConfig
 from fashion_cnn.figures import convolution
-from fashion_cnn.tracking import runs
+from fashion_cnn.tracking import record, runs
 from fashion_cnn.utils import paths
 
 log = logging.getLogger(__name__)
@@ -24,8 +22,7 @@ def main(config: TrackingStageConfig, project: paths.ProjectPaths) -> None:
     output_dir = project.figures_dir / "seed"
     with runs.pipeline_run(project, config, "seed_figures"):
         written = convolution.render_seed_figures(output_dir)
-        for path in written:
-            mlflow.log_artifact(str(path), artifact_path="figures/seed")
+        record.artifacts(written, "figures/seed")
     log.info("wrote %d figures to %s", len(written), output_dir)
 
 

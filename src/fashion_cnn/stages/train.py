@@ -1,56 +1,69 @@
 """Stage train: train the CNN described in params.yaml, on a GPU when there is one, tracked in MLflow.
 
-Config in, the library's pieces (runtime, training, checkpoint) in the middle, data/model,
-reports/train and the MLflow run out. Under a multi-worker strategy every worker runs this stage;
-only the chief writes outputs and logs.
+Read top to bottom: the machine and the data are set up and checked once (a refused run touches
+nothing), then, under the training lock and in the stage's MLflow run, the model is trained, its outputs
+saved (training/outputs.py) and logged, and the checkpoint discarded. Under a multi-worker strategy every
+worker runs this stage; the others train in step with the chief and write nothing (training/distribute.py).
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import time
+from dataclasses import dataclass
 
 import keras
-import mlflow
-import numpy as np
 import tensorflow as tf
 
 from fashion_cnn.config.cli import hydra_overrides, stage_main
-from fashion_cnn.config.schema import save_resolved
-from fashion_cnn.data.splits import load_npz, load_split
+from fashion_cnn.data.splits import Split, load_split
 from fashion_cnn.errors import FashionCnnError
 from fashion_cnn.model.architecture import count_parameters
-from fashion_cnn.tracking import faults, runs
-from fashion_cnn.training import (
-    checkpoint,
-    distribute,
-    history,
-    loop,
-    memory_check,
-    recipe,
-    runtime,
-    trained_model,
-    verdict,
-)
+from fashion_cnn.tracking import record, runs
+from fashion_cnn.training import checkpoint, distribute, loop, memory_check, outputs, recipe, runtime, verdict
 from fashion_cnn.training.config import ProjectConfig
-from fashion_cnn.utils import atomic, paths
-from fashion_cnn.utils.atomic import atomic_path, write_json_atomic, write_text_atomic
+from fashion_cnn.utils import paths
 
 log = logging.getLogger(__name__)
 
 
-def train(
-    config: ProjectConfig, project: paths.ProjectPaths, task: distribute.Task = distribute.SINGLE_PROCESS
-) -> dict[str, float]:
-    """Train on data/prepared; the chief writes data/model and reports/train and logs to the active run."""
+@dataclass(frozen=True)
+class Setup:
+    """What training runs on and with, set up and checked once before any run or output is started."""
+
+    settings: runtime.Runtime
+    strategy: tf.distribute.Strategy | None
+    train_split: Split
+    validation_split: Split
+
+
+def set_up(config: ProjectConfig, project: paths.ProjectPaths) -> Setup:
+    """The device (a GPU asked for but absent is an error), a model and batch that would not fit in
+    memory, the strategy and settings, the data (read once), and a steps_per_execution that does not
+    divide an epoch."""
     device = runtime.select_device(config.train.device, config.train.inter_op_threads)
+    if warning := memory_check.check_memory(config):
+        log.warning("%s", warning)
     # First TensorFlow work after choosing devices: multi-worker collectives are set up at start-up.
     strategy = distribute.make_strategy(config.train.strategy, device)
     settings = runtime.resolve_runtime(config.train, device, strategy)
-    runtime.seed_everything(config.seed, config.train.deterministic)
     train_split = load_split(project.prepared_dir, "train")
     validation_split = load_split(project.prepared_dir, "validation")
+    steps = recipe.steps_per_epoch(len(train_split.labels), settings.global_batch_size)
+    recipe.check_steps_per_execution(steps, config.train.steps_per_execution)
+    return Setup(settings, strategy, train_split, validation_split)
+
+
+def train(
+    config: ProjectConfig, project: paths.ProjectPaths, setup: Setup, task: distribute.Task
+) -> tuple[keras.Model, list[dict[str, float]], dict[str, float]]:
+    """Train on the prepared splits; the model, its per-epoch rows and reports/train/metrics.json's values.
+
+    The chief logs the run's setup and each epoch to the active MLflow run.
+    """
+    settings, train_split, validation_split = setup.settings, setup.train_split, setup.validation_split
+    runtime.seed_everything(config.seed, config.train.deterministic)
+    runtime.apply_precision(settings)
     print(
         f"training {config.model.name} ({count_parameters(config.model):,} parameters): "
         f"{len(train_split.labels):,} train / {len(validation_split.labels):,} validation images, "
@@ -61,66 +74,22 @@ def train(
         loop.log_run_setup(config, settings, task, train_split)
     started = time.perf_counter()
     # Resuming covers single-process training; distributed runs start over after an interruption.
-    checkpoint_dir = project.train_checkpoint_dir if strategy is None else None
+    checkpoint_dir = project.train_checkpoint_dir if setup.strategy is None else None
     model, rows = loop.fit(
         config,
         train_split,
         validation_split,
         settings,
-        strategy,
+        setup.strategy,
         chief=task.is_chief,
         checkpoint_dir=checkpoint_dir,
     )
     # A model that learned nothing is not saved (every worker stops): the previous one stays.
     if reason := verdict.learned_nothing(rows, len(validation_split.labels)):
         if task.is_chief:
-            faults.log_safely(mlflow.set_tags, {"learned_nothing": "true", "learned_nothing.reason": reason})
+            record.tags({"learned_nothing": "true", "learned_nothing.reason": reason})
         raise FashionCnnError(verdict.refusal(reason, project.model_file))
-    metrics = loop.summarize(rows, time.perf_counter() - started)
-    if task.is_chief:
-        save_and_log(config, project, model, rows, metrics, validation_split.images, strategy)
-    else:
-        # Every worker takes part in saving (TensorFlow's multi-worker rule); this copy is discarded.
-        with distribute.scratch_model_path(project.model_file.name) as scratch:
-            model.save(scratch)
-    distribute.wait_for_all_workers(strategy)
-    return metrics
-
-
-def save_and_log(
-    config: ProjectConfig,
-    project: paths.ProjectPaths,
-    model: keras.Model,
-    rows: list[dict[str, float]],
-    metrics: dict[str, float],
-    example_images: np.ndarray,
-    strategy: tf.distribute.Strategy | None,
-) -> None:
-    """The chief's outputs: data/model and reports/train, and their copies in the MLflow run."""
-    summary = loop.model_summary(model)
-    # All of data/model and reports/train or none: an interruption leaves the old set, not a mix.
-    with atomic.together():
-        with atomic_path(project.model_file, suffix=".keras") as temp_model:
-            model.save(temp_model)
-        save_resolved(config, project.model_dir / "config.yaml")
-        write_text_atomic(project.model_dir / "summary.txt", summary)
-        history.write_history(project.history_file, rows)
-        write_json_atomic(project.train_metrics_file, metrics)
-        # The run these outputs belong to, with them: a training that fails or is stopped leaves the
-        # previous model beside its own run, not beside the run that failed.
-        runs.write_run_info(project, mlflow.active_run())
-    faults.log_safely(
-        mlflow.log_metrics,
-        {"train_seconds": metrics["train_seconds"], "seconds_per_epoch": metrics["seconds_per_epoch"]},
-    )
-    faults.log_safely(mlflow.log_text, summary, "model_summary.txt")
-    faults.log_safely(mlflow.log_artifact, str(project.model_dir / "config.yaml"))
-    faults.log_safely(mlflow.log_artifact, str(project.history_file))
-    # A distributed model's predict would wait for the other workers: log a plain copy of it instead.
-    loggable = model if strategy is None else trained_model.load_model(project.model_file)
-    faults.log_safely(loop.log_model, loggable, example_images)
-    # Only now, with every output written, is the checkpoint no longer needed to resume.
-    checkpoint.discard(project.train_checkpoint_dir)
+    return model, rows, loop.summarize(rows, time.perf_counter() - started)
 
 
 def run_name(config: ProjectConfig, overrides: list[str]) -> str:
@@ -129,39 +98,32 @@ def run_name(config: ProjectConfig, overrides: list[str]) -> str:
     return " ".join([config.model.name, *changed])[:200]
 
 
-def preflight(config: ProjectConfig, project: paths.ProjectPaths) -> None:
-    """Params errors that need the machine or the data, reported before any run or output is started:
-    a GPU asked for but absent, steps_per_execution that does not divide an epoch (one replica), a
-    model and batch that would not fit in memory."""
-    runtime.select_device(config.train.device, config.train.inter_op_threads)
-    if warning := memory_check.check_memory(config):
-        log.warning("%s", warning)
-    train_images = len(load_npz(project.prepared_dir / "train.npz", ("labels",))["labels"])
-    steps = recipe.steps_per_epoch(train_images, distribute.global_batch_size(config.train, 1))
-    recipe.check_steps_per_execution(steps, config.train.steps_per_execution)
-
-
 @stage_main
 def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
     """Entry point of `python -m fashion_cnn.stages.train` (on every worker under multi_worker)."""
     # TF_CONFIG is checked before any work; it decides who writes and logs.
     task = distribute.current_task(config.train.strategy)
+    distribute.announce(task)
+    # Params errors first: a refused run touches nothing, not even the lock file.
+    setup = set_up(config, project)
     if not task.is_chief:
-        print(f"worker {task.task_type}:{task.index} of {task.workers}: training; the chief writes and logs")
-        train(config, project, task)
+        distribute.train_as_worker(setup.strategy, lambda: train(config, project, setup, task)[0])
         return
     overrides = hydra_overrides()
-    # Params errors first: a refused run touches nothing, not even the lock file.
-    preflight(config, project)
+    name = run_name(config, overrides)
     with (
         checkpoint.training_lock(project.train_lock_file),
-        runs.stage_run(
-            project, config, "train", run_name(config, overrides), config.tracking.experiment_name, overrides
-        ),
+        runs.stage_run(project, config, "train", name, config.tracking.experiment_name, overrides) as run,
     ):
-        train(config, project, task)
+        model, rows, metrics = train(config, project, setup, task)
+        summary = outputs.save(config, project, model, rows, metrics, run)
+        loggable = distribute.plain_model(model, setup.strategy, project.model_file)
+        outputs.log(project, summary, metrics, loggable, setup.validation_split.images)
+        distribute.wait_for_all_workers(setup.strategy)
+        # Only now, with every output written, is the checkpoint no longer needed to resume.
+        checkpoint.discard(project.train_checkpoint_dir)
 
 
 if __name__ == "__main__":
-    sys.argv.extend(distribute.hydra_overrides_for_worker())
+    distribute.keep_worker_hydra_files_out()
     main()

@@ -14,7 +14,7 @@ import yaml
 
 from fashion_cnn.config.cli import run_cli
 from fashion_cnn.errors import FashionCnnError
-from fashion_cnn.tracking import faults
+from fashion_cnn.tracking import faults, query
 from fashion_cnn.tracking import runs as tracking
 from fashion_cnn.training.config import ProjectConfig
 from fashion_cnn.utils import paths
@@ -29,15 +29,9 @@ METRIC_COLUMNS = {
 
 def latest_runs_table(experiment_name: str, last: int) -> str:
     """The `last` most recent runs of the experiment as a text table, newest first."""
-    import mlflow
-
-    runs = mlflow.search_runs(
-        experiment_names=[experiment_name], max_results=last, order_by=["attributes.start_time DESC"]
-    )
+    runs = query.search_runs(experiment_name, max_results=last, order_by=["attributes.start_time DESC"])
     if runs.empty:
-        raise FashionCnnError(
-            f"no runs in MLflow experiment '{experiment_name}' at {mlflow.get_tracking_uri()}"
-        )
+        raise FashionCnnError(f"no runs in MLflow experiment '{experiment_name}' at {query.current_uri()}")
     param_columns = [
         column
         for column in runs.columns

@@ -11,7 +11,6 @@ with the extra seeds of conf/race.yaml (make race-spread). Let nothing else run 
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import os
 import shlex
@@ -27,7 +26,8 @@ from typing import Any
 from fashion_cnn.config.cli import run_cli
 from fashion_cnn.reproduction import clean_copy as reproduction
 from fashion_cnn.reproduction import race_report
-from fashion_cnn.training.history import read_history
+from fashion_cnn.tracking import query
+from fashion_cnn.training import history
 from fashion_cnn.utils import machine, paths
 
 
@@ -51,10 +51,8 @@ def clean_copy(root: Path, overrides: list[str], label: str) -> Iterator[Path]:
 
 def what_ran(workdir: Path, environment: dict[str, str]) -> dict[str, Any]:
     """The run's MLflow id and what took effect (device, XLA, dtype policy), read back from the run."""
-    import mlflow
-
     run_id = reproduction.read_json(workdir / "data" / "model" / "mlflow_run.json")["run_id"]
-    params = mlflow.MlflowClient(environment["MLFLOW_TRACKING_URI"]).get_run(run_id).data.params
+    params = query.run_params(environment["MLFLOW_TRACKING_URI"], run_id)
     keys = ("device", "jit_compile", "dtype_policy", "deterministic", "global_batch_size")
     return {"mlflow_run_id": run_id, "ran_as": {key: params.get(f"runtime.{key}") for key in keys}}
 
@@ -83,9 +81,7 @@ def time_seed(root: Path, epochs_timed: int, environment: dict[str, str]) -> dic
 
 def epoch_times(history_file: Path) -> list[float]:
     """Seconds of each epoch, as the train stage recorded them in history.csv."""
-    read_history(history_file)  # one line naming the file when it is damaged
-    with history_file.open(newline="") as lines:
-        return [float(row["epoch_seconds"]) for row in csv.DictReader(lines)]
+    return [row["epoch_seconds"] for row in history.read_history(history_file, history.COLUMNS)]
 
 
 def committed_params(root: Path) -> dict[str, Any]:
@@ -100,11 +96,11 @@ def run_preset(root: Path, preset: str, environment: dict[str, str], extra: list
     with clean_copy(root, [f"experiment={preset}", *extra], preset) as workdir:
         reproduction.run(["dvc", "repro"], workdir, environment)
         train_metrics = reproduction.read_json(workdir / "reports" / "train" / "metrics.json")
-        history = read_history(workdir / "reports" / "train" / "history.csv")
+        rows = history.read_history(workdir / "reports" / "train" / "history.csv")
         ran = what_ran(workdir, environment)
         return {
             "batch_size": int(ran["ran_as"]["global_batch_size"]),
-            "epochs": len(history),
+            "epochs": len(rows),
             "test_accuracy": reproduction.read_accuracy(workdir / "reports" / "metrics.json"),
             "val_accuracy": round(train_metrics["val_accuracy"], 4),
             "train_seconds": train_metrics["train_seconds"],

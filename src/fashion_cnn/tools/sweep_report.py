@@ -17,6 +17,7 @@ from typing import Any
 
 from fashion_cnn.config.cli import run_cli
 from fashion_cnn.errors import FashionCnnError
+from fashion_cnn.tracking import query
 from fashion_cnn.tracking import runs as tracking
 from fashion_cnn.utils import paths
 from fashion_cnn.utils.atomic import write_text_atomic
@@ -38,10 +39,8 @@ FRONTIER_FILE = "frontier.png"
 
 def sweep_runs(experiment_name: str) -> Any:  # -> pandas.DataFrame (imported by MLflow)
     """The finished training runs of the experiment, one row each, with the columns the report needs."""
-    import mlflow
-
-    runs = mlflow.search_runs(
-        experiment_names=[experiment_name],
+    runs = query.search_runs(
+        experiment_name,
         filter_string="attributes.status = 'FINISHED' and tags.stage = 'train'",
         order_by=["attributes.start_time ASC"],
     )
@@ -51,7 +50,7 @@ def sweep_runs(experiment_name: str) -> Any:  # -> pandas.DataFrame (imported by
     if runs.empty or "metrics.train_seconds" not in runs:
         raise FashionCnnError(
             f"no finished training runs in MLflow experiment '{experiment_name}' at "
-            f"{mlflow.get_tracking_uri()}: run the sweep first (make recipe-sweep)"
+            f"{query.current_uri()}: run the sweep first (make recipe-sweep)"
         )
     return runs
 

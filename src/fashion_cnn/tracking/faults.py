@@ -210,3 +210,10 @@ def set_log_later(text: str) -> None:
 def failure_summary() -> str:
     """One line naming the stage's failed logging calls, or ''."""
     return _failures.summary()
+
+
+def failure_cause() -> str:
+    """Why the stage's first logging call failed (what the server's check said, else the error), or ''."""
+    if not _failures.failed:
+        return ""
+    return f"the server {_failures.problem}" if _failures.problem else _failures.first_error

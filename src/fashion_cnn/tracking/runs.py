@@ -1,4 +1,4 @@
-"""MLflow wiring: where runs are stored, how they are named and tagged, and safe logging helpers."""
+"""MLflow wiring: where runs are stored, how they are named and tagged, and one run per stage."""
 
 from __future__ import annotations
 
@@ -20,17 +20,13 @@ import mlflow
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from fashion_cnn.config.cli import hydra_overrides
-from fashion_cnn.config.schema import ParamsSchema, flatten
+from fashion_cnn.config.schema import ParamsSchema
 from fashion_cnn.errors import FashionCnnError
-from fashion_cnn.tracking import faults, store, sweep
+from fashion_cnn.tracking import faults, record, store, sweep
 from fashion_cnn.utils import paths
-from fashion_cnn.utils.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-# MLflow refuses param values over 6000 characters and batches over 100 params.
-MAX_PARAM_LENGTH = 6000
-PARAM_BATCH = 100
 # MLflow retries a failed request 7 times over about 4 minutes (meant for rate-limited hosted
 # servers), waits up to 120 s for each answer and sleeps as long as a 503's Retry-After asks, per
 # call. A stage whose server went away mid-run should give up on a call soon and go on training, so
@@ -147,14 +143,6 @@ def run_tags(project: paths.ProjectPaths, stage: str, overrides: list[str]) -> d
     return tags
 
 
-def log_config(config: ParamsSchema) -> None:
-    """Log the whole resolved config as flat dotted params (in batches MLflow accepts) and as config.yaml."""
-    items = [(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in flatten(config).items()]
-    for start in range(0, len(items), PARAM_BATCH):
-        mlflow.log_params(dict(items[start : start + PARAM_BATCH]))
-    mlflow.log_dict(config.model_dump(mode="json"), "config.yaml")
-
-
 # ---- one MLflow run per stage ----
 
 
@@ -170,15 +158,15 @@ def stage_run(
 ) -> Iterator[Any]:
     """Start (or, given run_id, resume) an MLflow run for a stage; KILLED on Ctrl-C, FAILED on error.
 
-    Logging calls made through log_safely during the stage that fail are listed in one warning
+    Logging calls made through tracking.record during the stage that fail are listed in one warning
     line at the end, after the stage's outputs are written.
     """
     run = start_stage_run(project, stage, run_name, experiment_name, overrides, run_id)
     faults.record_failures(mlflow.get_tracking_uri())
     if run_id is None:
-        faults.log_safely(log_config, config)
+        record.config(config)
     else:
-        faults.log_safely(mlflow.set_tag, f"stage.{stage}", "done")
+        record.tag(f"stage.{stage}", "done")
     status = "FAILED"
     try:
         yield run
@@ -248,21 +236,34 @@ def log_later(project: paths.ProjectPaths, stage: str, run_id: str) -> str:
     )
 
 
-def write_run_info(project: paths.ProjectPaths, run: Any) -> None:
-    """Record the train stage's MLflow run beside the model, so later stages log into it."""
-    write_json_atomic(
-        project.run_info_file,
-        {
-            "run_id": run.info.run_id,
-            "experiment_id": run.info.experiment_id,
-            "tracking_uri": mlflow.get_tracking_uri(),
-        },
-    )
-
-
 def pipeline_run(project: paths.ProjectPaths, config: ParamsSchema, stage: str) -> Any:
     """The MLflow run of a stage that trains no model (download, prepare, memory, seed_figures):
     named after the stage, in tracking.pipeline_experiment_name, tagged with the command's overrides."""
     return stage_run(
         project, config, stage, stage, config.tracking.pipeline_experiment_name, hydra_overrides()
     )
+
+
+@contextlib.contextmanager
+def completing_run(run_id: str) -> Iterator[None]:
+    """Resume a run to log what it lacks (tools/log_training): it ends FINISHED only when every call
+    made through tracking.record went through; else it ends FAILED and a FashionCnnError names the cause."""
+    uri = mlflow.get_tracking_uri()
+    faults.record_failures(uri)
+    try:
+        mlflow.start_run(run_id=run_id)
+    except faults.LOGGING_ERRORS as error:
+        cause = " ".join(str(error).split())[:300]
+    else:
+        status = "FAILED"
+        try:
+            yield
+            cause = faults.failure_cause()
+            status = "FAILED" if cause else "FINISHED"
+        finally:
+            faults.end_run(status)
+    if cause:
+        raise FashionCnnError(
+            f"logging into MLflow run {run_id} at {uri} failed ({cause}); the run is marked FAILED until "
+            f"this succeeds: run `{LOG_TRAINING_COMMAND}` again once the server answers"
+        )

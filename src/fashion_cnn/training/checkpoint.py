@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import mlflow
 import numpy as np
 
 from fashion_cnn.errors import FashionCnnError
+from fashion_cnn.tracking import record
 from fashion_cnn.training.config import ProjectConfig
 from fashion_cnn.utils import records
 from fashion_cnn.utils.atomic import signals_deferred, write_json_atomic, write_text_atomic
@@ -206,10 +206,9 @@ class ResumableTraining(keras.callbacks.BackupAndRestore):
         self.report.rows = rows
         print(f"resuming after epoch {completed} from the checkpoint in {self.directory}", flush=True)
         # The MLflow run of the resumed training gets the whole history, not only the new epochs.
-        mlflow.set_tag("resumed_after_epoch", completed)
+        record.tag("resumed_after_epoch", completed)
         for row in rows:
-            metrics = {key: value for key, value in row.items() if key != "epoch"}
-            mlflow.log_metrics(metrics, step=row["epoch"])
+            record.metrics({key: value for key, value in row.items() if key != "epoch"}, step=row["epoch"])
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         with signals_deferred():

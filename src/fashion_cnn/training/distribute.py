@@ -13,8 +13,9 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import tensorflow as tf
 
 from fashion_cnn.errors import ConfigError
+from fashion_cnn.training import trained_model
 from fashion_cnn.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -141,6 +143,17 @@ def hydra_overrides_for_worker(environ: Mapping[str, str] | None = None) -> list
     return [] if task.is_chief else list(NON_CHIEF_HYDRA_OVERRIDES)
 
 
+def keep_worker_hydra_files_out() -> None:
+    """Add hydra_overrides_for_worker's overrides to this process's command line (call it before the
+    stage's Hydra app starts).
+
+    Hydra takes its settings only from the command line, and a non-chief worker is started with the
+    same command as the chief (the launcher differs only in TF_CONFIG), so this is the one place where
+    the command line is extended.
+    """
+    sys.argv.extend(hydra_overrides_for_worker())
+
+
 class KerasMultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
     """MultiWorkerMirroredStrategy whose reduce accepts the two values Keras 3's fit passes it.
 
@@ -225,3 +238,25 @@ def scratch_model_path(file_name: str) -> Iterator[Path]:
         yield directory / file_name
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def announce(task: Task) -> None:
+    """One line on a worker other than the chief saying what it does; nothing on the chief."""
+    if not task.is_chief:
+        print(f"worker {task.task_type}:{task.index} of {task.workers}: training; the chief writes and logs")
+
+
+def train_as_worker(strategy: tf.distribute.Strategy | None, train: Callable[[], Any]) -> None:
+    """A worker other than the chief: `train()` in step with the others (it returns the model), take
+    part in saving, write nothing, and leave only once every worker is done."""
+    model = train()
+    # Every worker takes part in saving (TensorFlow's multi-worker rule); this copy is discarded.
+    with scratch_model_path("model.keras") as scratch:
+        model.save(scratch)
+    wait_for_all_workers(strategy)
+
+
+def plain_model(model: Any, strategy: tf.distribute.Strategy | None, saved_file: Path) -> Any:
+    """The model to log to MLflow: itself, or, when distributed (its predict would wait for the other
+    workers), the copy the chief saved, loaded outside the strategy."""
+    return model if strategy is None else trained_model.load_model(saved_file)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from fashion_cnn.errors import DataError
@@ -22,12 +23,10 @@ CURVE_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
 
 def write_history(path: Path, rows: list[dict[str, float]]) -> None:
     """The per-epoch rows as CSV (a DVC plot), atomically."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({key: (f"{row[key]:.6f}" if key != "epoch" else row[key]) for key in COLUMNS})
-    write_text_atomic(path, buffer.getvalue())
+    formatted = [
+        {key: (f"{row[key]:.6f}" if key != "epoch" else row[key]) for key in COLUMNS} for row in rows
+    ]
+    write_text_atomic(path, records.csv_text(formatted, COLUMNS))
 
 
 # history.csv is not in DVC's cache (a plot with cache: false): only training writes it again.
@@ -36,19 +35,19 @@ REBUILD = "rebuild it with `dvc repro train` (it trains again)"
 FRACTION_COLUMNS = ("accuracy", "val_accuracy")
 
 
-def read_history(path: Path) -> list[dict[str, float]]:
-    """The rows of a history file as floats, checked for the columns the curves need and for damage:
-    a last line cut short, a value that is not a number, epochs that do not count 1, 2, ..."""
+def read_history(path: Path, columns: Sequence[str] = CURVE_COLUMNS) -> list[dict[str, float]]:
+    """The rows of a history file as floats, checked for `columns` (by default those the curves need)
+    and for damage: a last line cut short, a value that is not a number, epochs that do not count 1, 2, ..."""
     text = records.read_text(path, REBUILD)
     if not text.endswith("\n"):
         # write_history ends every line with a newline: a file without one was cut short.
         raise DataError(f"{path}: truncated: its last line is incomplete; {REBUILD}")
     reader = csv.DictReader(io.StringIO(text))
-    missing = [column for column in CURVE_COLUMNS if column not in (reader.fieldnames or [])]
+    missing = [column for column in columns if column not in (reader.fieldnames or [])]
     if missing:
         raise DataError(f"{path}: missing columns {missing} (has {reader.fieldnames}); {REBUILD}")
     try:
-        rows = [{column: float(row[column]) for column in CURVE_COLUMNS} for row in reader]
+        rows = [{column: float(row[column]) for column in columns} for row in reader]
     except (TypeError, ValueError) as error:
         raise DataError(f"{path}: line {reader.line_num}: not a number ({error}); {REBUILD}") from None
     if not rows:

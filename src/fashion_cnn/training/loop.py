@@ -1,29 +1,23 @@
-"""Training pieces the train stage puts together: the optimizer, the epoch report, fit, and the MLflow
-records of a training run (its setup and the logged model).
+"""Training pieces the train stage puts together: the epoch and progress reports, fit (the model built,
+compiled with training/recipe.py's loss and optimizer, and trained), and the run's setup in MLflow.
 
 Under a multi-worker strategy every worker runs fit; only the chief writes outputs and logs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import keras
-import mlflow
-import numpy as np
 import tensorflow as tf
 
 from fashion_cnn.data.splits import Split
 from fashion_cnn.errors import FashionCnnError
 from fashion_cnn.model.architecture import build_model, count_parameters, describe
-from fashion_cnn.tracking import faults
+from fashion_cnn.tracking import record
 from fashion_cnn.training import checkpoint, cross_entropy, distribute, recipe, runtime
 from fashion_cnn.training.config import ProjectConfig
 from fashion_cnn.utils import progress
@@ -49,7 +43,7 @@ class EpochReport(keras.callbacks.Callback):
         self.effective = runtime.read_back(self.model)
         print(f"running on {self.effective.describe()}", flush=True)
         if self.log_to_mlflow:
-            faults.log_safely(mlflow.log_params, self.effective.as_params())
+            record.params(self.effective.as_params())
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.started = time.perf_counter()
@@ -77,7 +71,7 @@ class EpochReport(keras.callbacks.Callback):
         self.rows.append(row)
         if self.log_to_mlflow:
             epoch_metrics = {key: value for key, value in row.items() if key != "epoch"}
-            faults.log_safely(mlflow.log_metrics, epoch_metrics, step=epoch + 1)
+            record.metrics(epoch_metrics, step=epoch + 1)
         # Printed last, so a Ctrl-C prompted by this line does not cut the MLflow write short (an
         # interrupted SQLite write can leave the store locked) and, with train.checkpoint, lands
         # while the epoch's checkpoint is being saved, which holds it back until the save is done.
@@ -142,15 +136,12 @@ def fit(
 ) -> tuple[keras.Model, list[dict[str, float]]]:
     """Build, compile and train the model; return it with the per-epoch history rows.
 
+    The caller has applied the settings (runtime.apply_precision) and checked train.steps_per_execution.
     With train.checkpoint and a `checkpoint_dir`, the state is saved there after every epoch and a
     rerun with the same params and data resumes after the last completed epoch.
     """
-    keras.mixed_precision.set_global_policy(
-        "float32" if settings.mixed_precision == "none" else settings.mixed_precision
-    )
     batch_size = settings.global_batch_size
     steps_per_epoch = recipe.steps_per_epoch(len(train_split.labels), batch_size)
-    recipe.check_steps_per_execution(steps_per_epoch, config.train.steps_per_execution)
     # Variables created in the strategy's scope are mirrored on every replica.
     with distribute.strategy_scope(strategy):
         model = build_model(config.model)
@@ -194,39 +185,6 @@ def model_summary(model: keras.Model) -> str:
     return buffer.getvalue()
 
 
-@contextlib.contextmanager
-def _model_folder_created_first() -> Iterator[None]:
-    """mlflow.keras writes the input example before it creates the model folder (mlflow#16183):
-    create the folder first, for the duration of one log_model call."""
-    original = mlflow.keras.save._save_example
-
-    def save_example(mlflow_model: Any, input_example: Any, path: str, *args: Any) -> None:
-        os.makedirs(path, exist_ok=True)
-        original(mlflow_model, input_example, path, *args)
-
-    mlflow.keras.save._save_example = save_example
-    try:
-        yield
-    finally:
-        mlflow.keras.save._save_example = original
-
-
-def log_model(model: keras.Model, example_images: np.ndarray) -> None:
-    """Log the Keras model to the active MLflow run with a signature and an input example."""
-    example = example_images[:2]  # (2, 28, 28, 1)
-    signature = mlflow.models.infer_signature(example, model.predict(example, verbose=0))
-    # Pinned as MLflow would infer them, without its inference (a subprocess that reloads the model
-    # and TensorFlow: about 25 s per run on 2 cores).
-    requirements = [f"mlflow=={mlflow.__version__}", f"keras=={keras.__version__}"]
-    requirements += [f"numpy=={np.__version__}", f"tensorflow=={tf.__version__}"]
-    # MLflow checks the input example with a predict call of its own, which draws a Keras progress
-    # bar: keep that out of the stage's output.
-    with _model_folder_created_first(), contextlib.redirect_stdout(io.StringIO()):
-        mlflow.keras.log_model(
-            model, name="model", signature=signature, input_example=example, pip_requirements=requirements
-        )
-
-
 def log_run_setup(
     config: ProjectConfig, settings: runtime.Runtime, task: distribute.Task, train_split: Split
 ) -> None:
@@ -235,12 +193,8 @@ def log_run_setup(
     Device, precision and XLA are logged by EpochReport once fit has started, as read back from
     the model: what ran, not what was asked.
     """
-    faults.log_safely(
-        mlflow.set_tags,
-        {"tensorflow": tf.__version__, "keras": keras.__version__, "model.name": config.model.name},
-    )
-    faults.log_safely(
-        mlflow.log_params,
+    record.tags({"tensorflow": tf.__version__, "keras": keras.__version__, "model.name": config.model.name})
+    record.params(
         {
             "model.summary": describe(config.model),
             "model.parameters": count_parameters(config.model),
@@ -250,13 +204,9 @@ def log_run_setup(
             "runtime.global_batch_size": settings.global_batch_size,
             "runtime.learning_rate": settings.learning_rate,
             "runtime.inter_op_threads": settings.inter_op_threads,
-        },
+        }
     )
-    faults.log_safely(
-        mlflow.log_input,
-        mlflow.data.from_numpy(train_split.images, targets=train_split.labels, name="fashion-mnist-train"),
-        context="training",
-    )
+    record.dataset(train_split.images, train_split.labels, "fashion-mnist-train", "training")
 
 
 def summarize(rows: list[dict[str, float]], train_seconds: float) -> dict[str, float]:

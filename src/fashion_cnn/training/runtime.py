@@ -108,6 +108,14 @@ def resolve_runtime(
     )
 
 
+def apply_precision(settings: Runtime) -> None:
+    """Set Keras's global dtype policy for the models built from now on: float32, or the mixed policy
+    the settings resolved (mixed_float16 or mixed_bfloat16)."""
+    keras.mixed_precision.set_global_policy(
+        "float32" if settings.mixed_precision == "none" else settings.mixed_precision
+    )
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     """Seed Python, NumPy and TensorFlow from one key; optionally force deterministic TF ops."""
     keras.utils.set_random_seed(seed)

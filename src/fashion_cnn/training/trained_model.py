@@ -16,17 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
-import yaml
-
 from fashion_cnn.config.schema import flatten
 from fashion_cnn.data.idx import IMAGE_SIDE, NUM_CLASSES
 from fashion_cnn.errors import ConfigError, DataError
 from fashion_cnn.model import artifact
 from fashion_cnn.model.architecture import count_parameters
-from fashion_cnn.tracking import runs
+from fashion_cnn.tracking import query, record, runs
 from fashion_cnn.training.config import ProjectConfig
 from fashion_cnn.utils import paths, records
+from fashion_cnn.utils.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +47,6 @@ def load_model(path: Path) -> Any:  # -> keras.Model (keras is imported lazily: 
     """
     import keras
 
-    if not path.is_file():
-        raise DataError(f"{path}: missing; {REBUILD_HINT}")
     check_archive(path)
     artifact.check_artifact(path, REBUILD_HINT)
     try:
@@ -64,7 +60,11 @@ def load_model(path: Path) -> Any:  # -> keras.Model (keras is imported lazily: 
             f"{INPUT_SHAPE} and gives ({NUM_CLASSES},); {REBUILD_HINT}"
         )
     config_file = path.parent / "config.yaml"
-    trained = _project_config(config_file)
+    try:
+        trained = read_config(config_file)
+    except DataError:
+        # No readable config.yaml beside the model (a model file given on its own): nothing to compare.
+        trained = None
     if trained is not None:
         expected = (trained.model.name, count_parameters(trained.model))
         if (model.name, model.count_params()) != expected:
@@ -78,8 +78,7 @@ def load_model(path: Path) -> Any:  # -> keras.Model (keras is imported lazily: 
 
 def check_archive(path: Path) -> None:
     """A DataError unless `path` is a complete zip archive whose members all pass their CRC-32 check."""
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: not a loadable Keras model: empty file; {REBUILD_HINT}")
+    records.check_file(path, REBUILD_HINT)
     try:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
@@ -91,14 +90,6 @@ def check_archive(path: Path) -> None:
             f"{path}: not a loadable Keras model: corrupt: {damaged} in it fails its CRC-32 check (its "
             f"bytes changed after it was saved); {REBUILD_HINT}"
         )
-
-
-def _project_config(path: Path) -> ProjectConfig | None:
-    """The config in `path` if it is a readable config of this project, else None (no check then)."""
-    try:
-        return ProjectConfig.from_params(yaml.safe_load(path.read_text()))
-    except (OSError, ValueError, yaml.YAMLError, ConfigError, TypeError):
-        return None
 
 
 @dataclass(frozen=True)
@@ -129,7 +120,11 @@ def read_training_run(project: paths.ProjectPaths) -> TrainingRun:
 
 def read_trained_config(project: paths.ProjectPaths) -> ProjectConfig:
     """The validated config the model was trained with (data/model/config.yaml)."""
-    path = project.model_dir / "config.yaml"
+    return read_config(project.model_dir / "config.yaml")
+
+
+def read_config(path: Path) -> ProjectConfig:
+    """The validated config in a config.yaml the train stage saved, or a DataError naming what is wrong."""
     text = records.read_text(path, REBUILD_HINT)
     if not text.endswith("\n"):
         # save_resolved ends the YAML with a newline: a file without one was cut short.
@@ -150,12 +145,12 @@ def read_trained_config(project: paths.ProjectPaths) -> ProjectConfig:
 def check_run_matches(run: Any, trained: ProjectConfig, project: paths.ProjectPaths) -> None:
     """A DataError when the recorded MLflow run logged other decisive params than config.yaml holds.
 
-    The run's params are the train stage's config (tracking.log_config); a run without them (not
+    The run's params are the train stage's config (tracking.record.config); a run without them (not
     logged by train) is not compared.
     """
     logged = run.data.params
     for key, value in flatten(trained).items():
-        expected = str(value)[: runs.MAX_PARAM_LENGTH]
+        expected = str(value)[: record.MAX_PARAM_LENGTH]
         if key.startswith(DECISIVE_SECTIONS) and key in logged and logged[key] != expected:
             raise DataError(
                 f"{project.run_info_file}: MLflow run {run.info.run_id} trained another model than "
@@ -193,9 +188,8 @@ def model_run(project: paths.ProjectPaths, config: ProjectConfig, stage: str) ->
     if note := contradiction(config, trained_config):
         print(note, flush=True)
     runs.use_experiment(project, trained_config.tracking.experiment_name)
-    try:
-        run = mlflow.get_run(recorded.run_id)
-    except mlflow.exceptions.MlflowException:
+    run = query.find_run(recorded.run_id)
+    if run is None:
         log.warning(
             "MLflow run %s not found in %s; logging %s to a new run",
             recorded.run_id,
@@ -210,12 +204,44 @@ def model_run(project: paths.ProjectPaths, config: ProjectConfig, stage: str) ->
             trained_config.tracking.experiment_name,
             [],
         ) as new_run:
-            mlflow.set_tag("train_run_id", recorded.run_id)
+            record.tag("train_run_id", recorded.run_id)
             yield new_run
         return
     check_run_matches(run, trained_config, project)
-    experiment_name = mlflow.get_experiment(run.info.experiment_id).name
+    experiment_name = query.experiment_name(run.info.experiment_id)
     with runs.stage_run(
         project, trained_config, stage, "", experiment_name, [], run_id=recorded.run_id
     ) as resumed:
         yield resumed
+
+
+def write_run_info(project: paths.ProjectPaths, run: Any) -> None:
+    """Record the train stage's MLflow run beside the model (mlflow_run.json), so later stages log into it."""
+    write_json_atomic(
+        project.run_info_file,
+        {
+            "run_id": run.info.run_id,
+            "experiment_id": run.info.experiment_id,
+            "tracking_uri": query.current_uri(),
+        },
+    )
+
+
+# What restores reports/train/metrics.json.
+TRAIN_METRICS_REBUILD = (
+    "restore it with `dvc checkout reports/train/metrics.json` or rebuild it with `dvc repro train`"
+)
+
+
+def read_train_metrics(project: paths.ProjectPaths) -> dict[str, Any]:
+    """reports/train/metrics.json (loop.summarize's record), checked for the keys its readers use."""
+    return records.read_json_object(
+        project.train_metrics_file,
+        {
+            "val_accuracy": float,
+            "val_loss": float,
+            "train_seconds": (int, float),
+            "seconds_per_epoch": (int, float),
+        },
+        TRAIN_METRICS_REBUILD,
+    )
