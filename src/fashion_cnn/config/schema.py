@@ -56,6 +56,9 @@ def allowed_keys(schema: type[ParamsSchema], loc: tuple, raw: Any) -> list[str]:
     A section the schema does not hold (a stage that reads no model) lists the keys params.yaml has there.
     """
     if loc and loc[0] not in schema.model_fields:
+        if not (isinstance(raw, dict) and loc[0] in raw):
+            # A misspelt section (trian.epochs=3): the sections are what is allowed.
+            return sorted(SECTIONS)
         node = raw
         for part in loc[:-1]:
             node = node[part] if isinstance(node, dict | list) and _has(node, part) else {}
