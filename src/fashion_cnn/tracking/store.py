@@ -10,15 +10,11 @@ byte-identical, its mtime too. MLflow is not imported: its schema head is read f
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import importlib.metadata
 import importlib.util
 import os
 import re
 import sqlite3
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from fashion_cnn.errors import DataError
@@ -30,9 +26,6 @@ HEADER_BYTES = 100
 # (PRAGMA busy_timeout = 20000 in mlflow.store.db.utils), after which its calls fail anyway.
 LOCK_WAIT_SECONDS = 20.0
 BACKUP_DOC = "docs/tracking.md#backing-up-the-run-history"
-# mlflow.store.db.utils takes this lock (flock, exclusive) while it creates a store's tables; the
-# check takes it shared, so it never sees a store half made by another process starting beside it.
-INIT_LOCK_NAME = "db_init_lock-{digest}"
 
 
 def local_store(uri: str) -> Path | None:
@@ -50,35 +43,14 @@ def fresh_start(path: Path) -> str:
 
 def check_store(uri: str, lock_wait_seconds: float = LOCK_WAIT_SECONDS) -> None:
     """Raise DataError (one line) when the local store of `uri` is damaged, of another MLflow
-    version's schema, read-only or locked by a stuck writer; a missing file is fine (MLflow makes it)."""
+    version's schema or locked by a stuck writer; a missing file is fine (MLflow makes it)."""
     path = local_store(uri)
     if path is None:
         return
-    with initialization_lock(uri):
-        if not path.exists():
-            return
-        check_bytes(path)
-        check_permissions(path)
-        check_database(path, lock_wait_seconds)
-
-
-@contextlib.contextmanager
-def initialization_lock(uri: str) -> Iterator[None]:
-    """Hold MLflow's store-creation lock shared (tests/test_tracking_store.py checks the name)."""
-    digest = hashlib.md5(uri.encode(), usedforsecurity=False).hexdigest()
-    lock_path = Path(tempfile.gettempdir()) / INIT_LOCK_NAME.format(digest=digest)
-    try:
-        lock_file = open(lock_path, "a")  # noqa: SIM115 (closed below, after the lock is released)
-    except OSError:
-        # Without the lock only a store being created at this moment could be misread.
-        yield
+    if not path.exists():
         return
-    with lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
+    check_bytes(path)
+    check_database(path, lock_wait_seconds)
 
 
 def check_bytes(path: Path) -> None:
@@ -118,16 +90,6 @@ def truncation(header: bytes, size: int) -> str:
     if size % page_size:
         return f"{size:,} bytes, not a whole number of its {page_size}-byte pages"
     return ""
-
-
-def check_permissions(path: Path) -> None:
-    """MLflow writes every run into the file and its journal beside it: both must be writable."""
-    for place in (path, path.parent):
-        if not os.access(place, os.W_OK):
-            raise DataError(
-                f"MLflow store {path} cannot be written ({place} is read-only): MLflow could not record "
-                f"the run; make it writable (chmod u+w {place}) or set MLFLOW_TRACKING_URI to another store"
-            )
 
 
 def check_database(path: Path, lock_wait_seconds: float) -> None:
