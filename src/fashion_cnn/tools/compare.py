@@ -10,9 +10,8 @@ import argparse
 import os
 import sys
 
-import yaml
-
 from fashion_cnn.config.cli import run_cli
+from fashion_cnn.config.schema import read_params_file
 from fashion_cnn.errors import FashionCnnError
 from fashion_cnn.tracking import faults, query
 from fashion_cnn.tracking import runs as tracking
@@ -65,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def table() -> str:
         project = paths.project_paths()
-        config = ProjectConfig.from_params(yaml.safe_load(project.params_file.read_text()))
+        config = ProjectConfig.from_params(read_params_file(project.params_file))
         tracking.use_experiment(project, config.tracking.experiment_name)
         return latest_runs_table(config.tracking.experiment_name, arguments.last)
 

@@ -11,8 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-import yaml
-
+from fashion_cnn.config.schema import read_params_file
 from fashion_cnn.config.sections import TrackingStageConfig
 from fashion_cnn.errors import FashionCnnError
 from fashion_cnn.tracking import runs
@@ -26,7 +25,7 @@ SERVER_ENVIRONMENT = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 def runs_table_lines(project: paths.ProjectPaths, base_url: str) -> list[str]:
     """One line per experiment of params.yaml: its name and the address of its runs table."""
-    config = TrackingStageConfig.from_params(yaml.safe_load(project.params_file.read_text()))
+    config = TrackingStageConfig.from_params(read_params_file(project.params_file))
     lines = []
     for name in (config.tracking.experiment_name, config.tracking.pipeline_experiment_name):
         experiment_id = runs.use_experiment(project, name)

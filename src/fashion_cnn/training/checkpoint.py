@@ -175,7 +175,12 @@ class ResumableTraining(keras.callbacks.BackupAndRestore):
             shutil.rmtree(self.directory)
         super().on_train_begin(logs)
         metadata_file = self.directory / KERAS_METADATA_FILE
-        completed = json.loads(metadata_file.read_text())["epoch"] if metadata_file.is_file() else 0
+        hint = rebuild_hint(self.directory)
+        completed = (
+            records.read_json_object(metadata_file, {"epoch": int}, hint)["epoch"]
+            if metadata_file.is_file()
+            else 0
+        )
         if completed != self.first_epoch:
             raise FashionCnnError(
                 f"{self.directory}: Keras restored the state after epoch {completed} but the training "
@@ -191,7 +196,9 @@ class ResumableTraining(keras.callbacks.BackupAndRestore):
         """After Keras restored weights, optimizer and epoch: the dropout RNG states and the history."""
         path = self.state_file(completed)
         try:
-            state = json.loads(path.read_text())
+            state = records.read_json_object(
+                path, {"rows": list, "random_states": dict}, rebuild_hint(self.directory)
+            )
             saved = state["random_states"]
             for name, variable in random_states(self.model).items():
                 # A checkpoint written before the names were by layer has them by path.

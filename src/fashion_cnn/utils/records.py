@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from fashion_cnn.errors import ConfigError, DataError
+from fashion_cnn.errors import DataError
 
 
 def check_file(path: Path, rebuild: str) -> None:
@@ -133,30 +133,3 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-PARAMS_REBUILD = "fix it, or restore it with `git checkout params.yaml`"
-
-
-def read_params_file(path: Path, sections: tuple[str, ...]) -> dict[str, Any]:
-    """params.yaml as a mapping holding every top-level section, before Hydra composes it.
-
-    A params.yaml without a section is one cut short or mangled (the file always holds them all:
-    tests/test_config.py keeps it in step with conf/config.yaml), so it is refused by its name here,
-    not as the composed config's missing keys. Problems are ConfigErrors: params are the user's input.
-    """
-    try:
-        params = parse_yaml(read_text(path, PARAMS_REBUILD), path, PARAMS_REBUILD)
-    except DataError as error:
-        raise ConfigError(str(error)) from None
-    if not isinstance(params, dict):
-        raise ConfigError(
-            f"{path}: expected a mapping of {', '.join(sections)}, got {kind(params)}; {PARAMS_REBUILD}"
-        )
-    missing = [section for section in sections if section not in params]
-    if missing:
-        raise ConfigError(
-            f"{path}: incomplete (truncated?): no section {', '.join(repr(name) for name in missing)}; "
-            f"{PARAMS_REBUILD}"
-        )
-    return params
