@@ -236,28 +236,6 @@ def png_check() -> Callable[..., None]:
     return assert_png
 
 
-def stage_process(
-    stage: str, *overrides: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    """Run `python -m fashion_cnn.stages.<stage> <overrides>` in a project folder, as DVC or a user does;
-    returns the finished process even when it failed. The one way the tests run a stage."""
-    return subprocess.run(
-        [sys.executable, "-m", f"fashion_cnn.stages.{stage}", *overrides],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-@pytest.fixture
-def run_stage() -> Callable[..., subprocess.CompletedProcess[str]]:
-    """stage_process as a fixture: run_stage(stage, *overrides, cwd=..., timeout=...)."""
-    return stage_process
-
-
 # ---- configs composed from the real params.yaml ----
 
 

@@ -32,15 +32,7 @@ MAX_TEXT = 100
 GROUPS = {
     "test_download.py": "Downloads",
     "test_prepare.py": "Raw and prepared data",
-    **{
-        f"test_reliability.py::{function}": "Bad params and data through a stage"
-        for function in (
-            "test_bad_input_stops_the_stage_with_one_error_line",
-            "test_bad_params_touch_no_output_and_start_no_mlflow_run",
-            "test_bad_data_ends_every_mlflow_run_failed_none_left_running",
-            "test_split_larger_than_the_data_writes_no_prepared_file",
-        )
-    },
+    "test_bad_params.py": "Bad params and data through a stage",
     "test_damaged_files.py": "Damaged files",
     "test_memory.py": "Models that do not fit",
     "test_predict.py": "Predicting your own images",

@@ -10,7 +10,8 @@ Every case runs in its own copy of one template project (tests/damaged_template.
 prepared data, a small_cnn model with its config.yaml, MLflow run and model outputs, history.csv, the
 checkpoint of a training run interrupted after epoch 1 and a garment photo. The stages run as
 `main()`, the function `python -m fashion_cnn.stages.<stage>` calls, all in one interpreter
-(test_reliability.run_batch's way: TensorFlow is imported once); predict's main() runs in this process.
+(stage_runner.run_stages_in_one_process: TensorFlow is imported once); predict's main() runs in this
+process.
 
 Bit flips are 8 bytes inverted in the middle of the file. The zip archives (.npz, .keras) are checked
 against the CRC-32 stored for each member; Keras's HDF5 checkpoint against a SHA-256 its state file
@@ -27,8 +28,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,14 @@ import numpy as np
 import pytest
 import yaml
 from damaged_template import Template, make_template
-from test_reliability import BATCH_RUNNER, NOTICE, run_statuses, subprocess_environment
+from stage_runner import (
+    StageCall,
+    our_lines,
+    run_stages_in_one_process,
+    run_statuses,
+    snapshot,
+    stage_environment,
+)
 
 from fashion_cnn.data import idx
 from fashion_cnn.training import checkpoint
@@ -538,16 +544,6 @@ def damage_of(case: str) -> tuple[InputFile, Damage]:
 NOT_INPUTS_OR_OUTPUTS = ("outputs/", "data/train.lock")
 
 
-def snapshot(project: Path) -> dict[str, tuple[int, str]]:
-    """Every file of a project copy but NOT_INPUTS_OR_OUTPUTS: its mtime and SHA-256."""
-    return {
-        relative: (path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
-        for path in sorted(project.rglob("*"))
-        if path.is_file()
-        and not (relative := path.relative_to(project).as_posix()).startswith(NOT_INPUTS_OR_OUTPUTS)
-    }
-
-
 @dataclass
 class CaseRun:
     """One case: its project copy, the files before, the reader's exit code and stderr."""
@@ -578,7 +574,7 @@ def copy_case(base: Path, name: str, template: Template) -> CaseRun:
     if name not in INTACT:
         row, damage = damage_of(name)
         damage.edit(project / row.path, template)
-    return CaseRun(project, snapshot(project))
+    return CaseRun(project, snapshot(project, skip=NOT_INPUTS_OR_OUTPUTS))
 
 
 def run_predict(run: CaseRun, template: Template) -> None:
@@ -596,21 +592,17 @@ def run_predict(run: CaseRun, template: Template) -> None:
 
 
 def run_batch(runs: dict[str, CaseRun], template: Template, directory: Path) -> None:
-    """Every stage case through its stage's `main` in one interpreter (test_reliability's BATCH_RUNNER)."""
-    cases = [
-        {"name": name, "stage": reader_of(name), "project": str(run.project), "overrides": [],
-         "tracking_uri": template.tracking_uri}
+    """Every stage case through its stage's `main`, all in one interpreter."""
+    environment = stage_environment(MLFLOW_TRACKING_URI=template.tracking_uri)
+    calls = {
+        name: StageCall(
+            reader_of(name), (), run.project, environment | {"FASHION_CNN_ROOT": str(run.project)}
+        )
         for name, run in runs.items()
-    ]  # fmt: skip
-    (directory / "cases.json").write_text(json.dumps(cases))
-    result = subprocess.run(
-        [sys.executable, "-c", BATCH_RUNNER, str(directory / "cases.json"), str(directory / "results.json")],
-        cwd=directory, env=subprocess_environment(), capture_output=True, text=True, timeout=900, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads((directory / "results.json").read_text())
+    }
+    results, _ = run_stages_in_one_process(calls, directory)
     for name, run in runs.items():
-        run.code, run.stderr = results[name]["code"], results[name]["stderr"]
+        run.code, run.stderr = results[name].returncode, results[name].stderr
 
 
 @pytest.fixture(scope="module")
@@ -635,8 +627,8 @@ def case_runs(template: Template) -> dict[str, CaseRun]:
 
 
 def error_lines(run: CaseRun) -> list[str]:
-    """stderr without the notices of TensorFlow and MLflow that are not errors (test_reliability.NOTICE)."""
-    return [line for line in run.stderr.strip().splitlines() if not NOTICE.match(line)]
+    """stderr without the notices of TensorFlow and MLflow that are not errors."""
+    return our_lines(run.stderr)
 
 
 # ---- the table ----
@@ -659,7 +651,7 @@ def test_a_damaged_file_stops_its_reader_with_one_line_and_touches_nothing(
     if row.rebuild:
         assert row.rebuild in line, line
     assert len(line) < 600, line
-    after = snapshot(run.project)
+    after = snapshot(run.project, skip=NOT_INPUTS_OR_OUTPUTS)
     changed = {name for name in run.before.keys() | after.keys() if run.before.get(name) != after.get(name)}
     assert changed == set(), changed
 
@@ -680,7 +672,10 @@ def test_no_mlflow_run_is_left_running(template: Template, case_runs: dict[str, 
 def test_a_failed_training_leaves_the_run_record_alone(case_runs: dict[str, CaseRun]) -> None:
     run = case_runs["validation.npz:wrong_dtype"]
     assert run.code == 1
-    assert snapshot(run.project)["data/model/mlflow_run.json"] == run.before["data/model/mlflow_run.json"]
+    assert (
+        snapshot(run.project, skip=NOT_INPUTS_OR_OUTPUTS)["data/model/mlflow_run.json"]
+        == run.before["data/model/mlflow_run.json"]
+    )
 
 
 def test_every_row_has_every_kind_of_damage_or_says_why_not() -> None:

@@ -1,9 +1,9 @@
 """Faults in a real `dvc repro`: Ctrl-C and SIGTERM in every stage, two repros at once, a full disk.
 
-One tiny project (small_cnn, 500 training images, 5 epochs) goes through the whole sequence: each
+Each scenario starts from its own tiny project (small_cnn, 500 training images, 5 epochs): an
 interruption must exit non-zero, end the stage's MLflow run KILLED and leave nothing DVC or a later
-stage would take for finished; the next `dvc repro` must redo exactly that stage and complete, and
-the interrupted training must resume where it stopped and end with the metrics of a run that never
+stage would take for finished; the next `dvc repro` must redo exactly that stage and complete, and an
+interrupted training must resume where it stopped and end with the metrics of a run that never
 stopped.
 """
 
@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import DATASET_DIR, needs_dataset
+from stage_runner import run_stage
 
 from fashion_cnn.data import fetch
 from fashion_cnn.training import loop
@@ -140,63 +141,29 @@ def slow_mirror(http_mirror) -> Iterator:
     yield http_mirror
 
 
-@pytest.mark.reliability(
-    case="Ctrl-C or SIGTERM during each stage; a second `dvc repro` while one runs",
-    sees="stage stops, run KILLED, nothing half-done; next repro redoes it, training resumes",
-)
-def test_interrupted_stages_leave_nothing_finished_and_the_next_repro_completes(
-    dvc_project: Path, git_commit, slow_mirror, tmp_path: Path
-) -> None:
-    project = dvc_project
-    store = tmp_path / "mlflow.db"  # conftest points MLFLOW_TRACKING_URI here
-    tiny_params(project)
-    git_commit(project, "tiny params")
-    slow_url = slow_mirror.url("slow")
+@pytest.fixture
+def tiny_project(dvc_project: Path, git_commit) -> Path:
+    """The DVC project copy with tiny_params committed; its MLflow store is STORE_NAME in tmp_path."""
+    tiny_params(dvc_project)
+    git_commit(dvc_project, "tiny params")
+    return dvc_project
 
-    # Two repros at once: the second is refused by DVC's lock while the first is in download.
-    first = start_repro(project, "download", mirror=slow_url)
-    wait_for(lambda: slow_mirror.requests, "the first download request")
-    second = start_repro(project, "download", mirror=slow_url)
-    second_code, second_output = finish(second)
-    assert second_code != 0
-    # DVC's read/write lock on the stage's outputs names the process holding them.
-    assert "'data/raw' is busy, it is being blocked by:" in second_output.replace(str(project) + "/", "")
-    assert f"(PID {first.pid}): " in second_output, second_output
-    slow_mirror.server.release.set()
-    first_code, first_output = finish(first)
-    assert first_code == 0, first_output
-    assert locked_stages(project) == {"download"}
-    for item in fetch.FILES:
-        name = f"{item.name}.gz"
-        assert (project / "data/raw" / name).read_bytes() == (DATASET_DIR / name).read_bytes()
 
-    # Ctrl-C during download (a request hanging on the slow mirror).
-    slow_mirror.server.release.clear()
-    slow_mirror.requests.clear()
-    process = start_repro(project, "--force", "--single-item", "download", mirror=slow_url)
-    wait_for(lambda: slow_mirror.requests, "the download request")
-    os.killpg(process.pid, signal.SIGINT)
-    code, output = finish(process)
-    assert code != 0
-    assert "error: interrupted; no output of this stage was completed" in output, output
-    assert latest_stage_run(store, "download")[1] == "KILLED"
-    slow_mirror.server.release.set()
+# conftest points MLFLOW_TRACKING_URI at tmp_path / STORE_NAME.
+STORE_NAME = "mlflow.db"
 
-    # SIGTERM during prepare. The next repro first redoes the interrupted download (or restores
-    # its outputs from DVC's run cache, which holds only completed runs).
-    code, output = interrupt_after_line(
-        start_repro(project, TARGET), lambda line: "preparing" in line, signal.SIGTERM
+
+def raw_files_are_the_dataset(project: Path) -> bool:
+    """Whether data/raw holds exactly the four dataset files."""
+    return all(
+        (project / "data/raw" / f"{item.name}.gz").read_bytes()
+        == (DATASET_DIR / f"{item.name}.gz").read_bytes()
+        for item in fetch.FILES
     )
-    assert code != 0
-    assert "Running stage 'download'" in output or "Stage 'download' is cached" in output, output
-    assert "interrupted" in output, output
-    for item in fetch.FILES:
-        name = f"{item.name}.gz"
-        assert (project / "data/raw" / name).read_bytes() == (DATASET_DIR / name).read_bytes()
-    assert locked_stages(project) == {"download"}
-    assert latest_stage_run(store, "prepare")[1] == "KILLED"
 
-    # Ctrl-C during training, once the checkpoint after epoch 1 is saved.
+
+def interrupt_training_after_epoch_one(project: Path) -> tuple[int, str]:
+    """`dvc repro` up to evaluate, Ctrl-C once training saved its checkpoint after epoch 1."""
     checkpoint_dir = project / "checkpoints" / "train"
 
     def epoch_one_saved(line: str) -> bool:
@@ -205,22 +172,104 @@ def test_interrupted_stages_leave_nothing_finished_and_the_next_repro_completes(
         wait_for((checkpoint_dir / "resume_state_0001.json").exists, "the checkpoint after epoch 1")
         return True
 
-    code, output = interrupt_after_line(start_repro(project, TARGET), epoch_one_saved, signal.SIGINT)
+    return interrupt_after_line(start_repro(project, TARGET), epoch_one_saved, signal.SIGINT)
+
+
+@pytest.mark.reliability(
+    case="a second `dvc repro` while one runs",
+    sees="the second is refused, naming the PID that holds the stage; the first completes",
+)
+def test_a_second_repro_is_refused_while_the_first_runs(tiny_project: Path, slow_mirror) -> None:
+    slow_url = slow_mirror.url("slow")
+    first = start_repro(tiny_project, "download", mirror=slow_url)
+    wait_for(lambda: slow_mirror.requests, "the first download request")
+    second_code, second_output = finish(start_repro(tiny_project, "download", mirror=slow_url))
+    assert second_code != 0
+    # DVC's read/write lock on the stage's outputs names the process holding them.
+    assert "'data/raw' is busy, it is being blocked by:" in second_output.replace(str(tiny_project) + "/", "")
+    assert f"(PID {first.pid}): " in second_output, second_output
+    slow_mirror.server.release.set()
+    first_code, first_output = finish(first)
+    assert first_code == 0, first_output
+    assert locked_stages(tiny_project) == {"download"}
+    assert raw_files_are_the_dataset(tiny_project)
+
+
+@pytest.mark.reliability(
+    case="Ctrl-C during download (a request hanging on a slow mirror)",
+    sees="one `error: interrupted` line, run KILLED; the next repro downloads again and completes",
+)
+def test_ctrl_c_during_download_ends_its_run_killed(tiny_project: Path, slow_mirror, tmp_path: Path) -> None:
+    process = start_repro(tiny_project, "download", mirror=slow_mirror.url("slow"))
+    wait_for(lambda: slow_mirror.requests, "the download request")
+    os.killpg(process.pid, signal.SIGINT)
+    code, output = finish(process)
+    assert code != 0
+    assert "error: interrupted; no output of this stage was completed" in output, output
+    assert latest_stage_run(tmp_path / STORE_NAME, "download")[1] == "KILLED"
+    assert locked_stages(tiny_project) == set()
+    slow_mirror.server.release.set()
+    # Nothing interrupted is taken for finished: the next repro (params' own sources) downloads.
+    code, output = finish(start_repro(tiny_project, "download"))
+    assert code == 0, output
+    assert "Running stage 'download'" in output, output
+    assert locked_stages(tiny_project) == {"download"}
+    assert raw_files_are_the_dataset(tiny_project)
+
+
+@pytest.mark.reliability(
+    case="SIGTERM during prepare",
+    sees="stage stops, run KILLED, only download recorded as done; raw files intact",
+)
+def test_sigterm_during_prepare_leaves_only_download_done(tiny_project: Path, tmp_path: Path) -> None:
+    code, output = interrupt_after_line(
+        start_repro(tiny_project, TARGET), lambda line: "preparing" in line, signal.SIGTERM
+    )
+    assert code != 0
+    assert "Running stage 'download'" in output and "interrupted" in output, output
+    assert raw_files_are_the_dataset(tiny_project)
+    assert locked_stages(tiny_project) == {"download"}
+    assert latest_stage_run(tmp_path / STORE_NAME, "prepare")[1] == "KILLED"
+    assert leftovers(tiny_project) == []
+
+
+@pytest.mark.reliability(
+    case="Ctrl-C during training, after the checkpoint of epoch 1",
+    sees="no model, run KILLED, train not recorded as done; the checkpoint is neither DVC's nor git's",
+)
+def test_ctrl_c_during_training_leaves_no_model_and_keeps_the_checkpoint(
+    tiny_project: Path, tmp_path: Path
+) -> None:
+    code, output = interrupt_training_after_epoch_one(tiny_project)
     assert code != 0
     assert "Running stage 'prepare'" in output and "interrupted" in output, output
-    assert locked_stages(project) == {"download", "prepare"}
-    assert not (project / "data/model/model.keras").exists()
-    assert latest_stage_run(store, "train")[1] == "KILLED"
-    # The checkpoint is neither a DVC output nor a file git would commit.
-    assert checkpoint_dir.is_dir()
+    assert locked_stages(tiny_project) == {"download", "prepare"}
+    assert not (tiny_project / "data/model/model.keras").exists()
+    assert latest_stage_run(tmp_path / STORE_NAME, "train")[1] == "KILLED"
+    assert (tiny_project / "checkpoints" / "train").is_dir()
     untracked = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=all"], cwd=project, capture_output=True, text=True
+        ["git", "status", "--porcelain", "--untracked-files=all"],
+        cwd=tiny_project,
+        capture_output=True,
+        text=True,
     ).stdout
     assert "checkpoints" not in untracked
+    assert leftovers(tiny_project) == []
 
-    # The next repro resumes training after the saved epoch; SIGTERM during evaluate.
+
+@pytest.mark.reliability(
+    case="the repro after an interrupted training; SIGTERM during evaluate",
+    sees="training resumes after the saved epoch; evaluate's run KILLED; the next repro redoes evaluate only",
+)
+def test_the_next_repro_resumes_training_and_then_redoes_only_an_interrupted_evaluate(
+    tiny_project: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / STORE_NAME
+    code, output = interrupt_training_after_epoch_one(tiny_project)
+    assert code != 0 and locked_stages(tiny_project) == {"download", "prepare"}, output
+
     code, output = interrupt_after_line(
-        start_repro(project, TARGET), lambda line: line.startswith("evaluating "), signal.SIGTERM
+        start_repro(tiny_project, TARGET), lambda line: line.startswith("evaluating "), signal.SIGTERM
     )
     assert code != 0, output
     resumed = [line for line in output.splitlines() if line.startswith("resuming after epoch ")]
@@ -229,22 +278,20 @@ def test_interrupted_stages_leave_nothing_finished_and_the_next_repro_completes(
     assert 1 <= completed < EPOCHS
     epochs_run = [line.split()[1].rstrip(":") for line in output.splitlines() if line.startswith("epoch ")]
     assert epochs_run == [f"{epoch}/{EPOCHS}" for epoch in range(completed + 1, EPOCHS + 1)]
-    assert not checkpoint_dir.exists() and not (project / "checkpoints").exists()
-    assert locked_stages(project) == {"download", "prepare", "train"}
-    assert not (project / "reports/metrics.json").exists()
-    run_id = json.loads((project / "data/model/mlflow_run.json").read_text())["run_id"]
+    assert not (tiny_project / "checkpoints").exists()
+    assert locked_stages(tiny_project) == {"download", "prepare", "train"}
+    assert not (tiny_project / "reports/metrics.json").exists()
+    run_id = json.loads((tiny_project / "data/model/mlflow_run.json").read_text())["run_id"]
     assert run_status(store, run_id) == "KILLED"
 
-    # Nothing interrupted is taken for finished: this repro redoes evaluate only, and completes.
-    process = start_repro(project, TARGET)
-    code, output = finish(process)
+    code, output = finish(start_repro(tiny_project, TARGET))
     assert code == 0, output
     assert "Running stage 'evaluate'" in output and "Running stage 'train'" not in output, output
-    assert locked_stages(project) == {"download", "prepare", "train", "evaluate"}
-    assert json.loads((project / "reports/metrics.json").read_text())["test"]["images"] == 200
+    assert locked_stages(tiny_project) == {"download", "prepare", "train", "evaluate"}
+    assert json.loads((tiny_project / "reports/metrics.json").read_text())["test"]["images"] == 200
     assert run_status(store, run_id) == "FINISHED"
-    assert leftovers(project) == []
-    status = subprocess.run([DVC, "status", TARGET], cwd=project, capture_output=True, text=True)
+    assert leftovers(tiny_project) == []
+    status = subprocess.run([DVC, "status", TARGET], cwd=tiny_project, capture_output=True, text=True)
     assert "Data and pipelines are up to date." in status.stdout, status.stdout + status.stderr
     with contextlib.closing(sqlite3.connect(store)) as database:
         steps = database.execute(
@@ -254,20 +301,14 @@ def test_interrupted_stages_leave_nothing_finished_and_the_next_repro_completes(
     assert [step for (step,) in steps] == list(range(1, EPOCHS + 1))
 
     # Resumed = uninterrupted: the same params trained in one go give the same numbers.
-    resumed_history = history_without_seconds(project / "reports/train/history.csv")
-    resumed_metrics = json.loads((project / "reports/train/metrics.json").read_text())
+    resumed_history = history_without_seconds(tiny_project / "reports/train/history.csv")
+    resumed_metrics = json.loads((tiny_project / "reports/train/metrics.json").read_text())
     assert [row[0] for row in resumed_history[1:]] == [str(epoch) for epoch in range(1, EPOCHS + 1)]
-    result = subprocess.run(
-        [sys.executable, "-m", "fashion_cnn.stages.train"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_stage("train", cwd=tiny_project, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming" not in result.stdout
-    assert history_without_seconds(project / "reports/train/history.csv") == resumed_history
-    uninterrupted_metrics = json.loads((project / "reports/train/metrics.json").read_text())
+    assert history_without_seconds(tiny_project / "reports/train/history.csv") == resumed_history
+    uninterrupted_metrics = json.loads((tiny_project / "reports/train/metrics.json").read_text())
     for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
         assert uninterrupted_metrics[key] == resumed_metrics[key], key
 
@@ -289,10 +330,7 @@ def test_full_disk_while_preparing_is_one_line_and_leaves_no_partial_file(
     prepared_dir = project / "data" / "prepared"
     # 64 KiB: the 100 training images (314 KB as float32) do not fit.
     small_tmpfs(prepared_dir, "64k")
-    result = subprocess.run(
-        [sys.executable, "-m", "fashion_cnn.stages.prepare", "data.validation_size=20"],
-        cwd=project, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    result = run_stage("prepare", "data.validation_size=20", cwd=project)
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [

@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import DATASET_DIR, HAS_DATASET, make_synthetic_raw, missing_requirement, stage_process
+from conftest import DATASET_DIR, HAS_DATASET, make_synthetic_raw, missing_requirement
 from PIL import Image
 from servers import VENV_BIN, MlflowServer, free_port
+from stage_runner import run_stage
 
 from fashion_cnn.data import fetch, splits
 from fashion_cnn.stages import prepare
@@ -90,9 +91,9 @@ def stage_environment(tracking_uri: str) -> dict[str, str]:
     return environment
 
 
-def run_stage(stage: str, *overrides: str, cwd: Path, environment: dict[str, str]) -> str:
-    """Run a stage to completion; its output, or a failure showing it."""
-    result = stage_process(stage, *overrides, cwd=cwd, env=environment, timeout=600)
+def run_to_the_end(stage: str, *overrides: str, cwd: Path, environment: dict[str, str]) -> str:
+    """run_stage, failing with the stage's output unless it exits 0; what it printed."""
+    result = run_stage(stage, *overrides, cwd=cwd, env=environment, timeout=600)
     assert result.returncode == 0, (
         f"{stage} exited {result.returncode}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
     )
@@ -120,8 +121,8 @@ def trained_runs(mlflow_server: MlflowServer, tiny_project: TinyProject) -> Trai
         # refuses a model that learned nothing (training/verdict.py).
         faster = ["train.learning_rate=0.05"] if optimizer == "sgd" else []
         overrides = [*TINY_RUN, f"train.optimizer={optimizer}", *faster]
-        run_stage("train", *overrides, cwd=tiny_project.root, environment=environment)
-        run_stage("evaluate", *overrides, cwd=tiny_project.root, environment=environment)
+        run_to_the_end("train", *overrides, cwd=tiny_project.root, environment=environment)
+        run_to_the_end("evaluate", *overrides, cwd=tiny_project.root, environment=environment)
         run_info = json.loads((tiny_project.root / "data/model/mlflow_run.json").read_text())
         assert run_info["tracking_uri"] == mlflow_server.url
         run_ids[optimizer] = run_info["run_id"]

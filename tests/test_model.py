@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fashion_cnn.errors import ConfigError
 from fashion_cnn.model import architecture
 from fashion_cnn.model.architecture import ModelConfig
 from fashion_cnn.training.config import ProjectConfig
@@ -69,56 +68,3 @@ def test_presets_build_with_the_inferred_parameter_count(preset):
 def test_lenet5_has_its_classic_shapes():
     shapes = [item.output_shape for item in architecture.infer_shapes(model_config(preset="lenet5"))]
     assert shapes[:4] == [(28, 28, 6), (14, 14, 6), (10, 10, 16), (5, 5, 16)]
-
-
-def test_valid_convolution_that_shrinks_to_zero_names_the_layer_and_key():
-    layers = [
-        {"type": "conv", "filters": 8, "kernel_size": 5, "padding": "valid"},
-        {"type": "max_pool", "pool_size": 2},
-        {"type": "conv", "filters": 8, "kernel_size": 13, "padding": "valid"},
-        {"type": "flatten"},
-        {"type": "dense", "units": 10, "activation": "softmax"},
-    ]
-    with pytest.raises(ConfigError, match=r"model\.layers\.2\.kernel_size = 13.*0x0"):
-        architecture.infer_shapes(model_config(layers))
-
-
-def test_too_many_pooling_layers_name_the_first_that_empties_the_image():
-    layers = [{"type": "max_pool", "pool_size": 2} for _ in range(6)]
-    layers += [{"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softmax"}]
-    with pytest.raises(ConfigError, match=r"model\.layers\.4\.pool_size"):
-        architecture.build_model(model_config(layers))
-
-
-def test_dense_on_an_image_asks_for_flatten():
-    layers = [{"type": "dense", "units": 10, "activation": "softmax"}]
-    with pytest.raises(ConfigError, match=r"model\.layers\.0.*flatten"):
-        architecture.infer_shapes(model_config(layers))
-
-
-@pytest.mark.parametrize(
-    ("layer", "message"),
-    [
-        ({"type": "conv", "filters": 0, "kernel_size": 3}, r"model\.layers\.0\.filters = 0"),
-        ({"type": "conv", "filters": 8, "kernel_size": -1}, r"model\.layers\.0\.kernel_size = -1"),
-        ({"type": "conv", "filters": 8, "kernel_size": 3, "activation": "relux"},
-         r"model\.layers\.0\.activation = 'relux'.*'relu'"),
-        ({"type": "conv", "filters": 8, "kernel_size": 3, "padding": "full"},
-         r"model\.layers\.0\.padding = 'full'.*'same' or 'valid'"),
-        ({"type": "dropout", "rate": 1.0}, r"model\.layers\.0\.rate = 1\.0.*less than 1"),
-        ({"type": "convolution", "filters": 8}, r"model\.layers\.0\.type = 'convolution'.*conv, max_pool"),
-        ({"type": "conv", "filters": 8, "kernel_size": 3, "filter": 3},
-         r"unknown key 'model\.layers\.0\.filter'.*filters"),
-    ],
-)  # fmt: skip
-def test_bad_layer_values_give_one_line_naming_the_key(layer, message):
-    layers = [layer, {"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softmax"}]
-    with pytest.raises(ConfigError, match=message) as raised:
-        model_config(layers)
-    assert "\n" not in str(raised.value)
-
-
-def test_output_layer_must_have_ten_units():
-    layers = [{"type": "flatten"}, {"type": "dense", "units": 7, "activation": "softmax"}]
-    with pytest.raises(ConfigError, match=r"model\.layers\.1.*units 10"):
-        model_config(layers)

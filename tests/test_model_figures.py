@@ -11,6 +11,7 @@ import mlflow
 import numpy as np
 import pytest
 import tensorflow as tf
+from stage_runner import run_stage
 
 from fashion_cnn import CLASS_NAMES
 from fashion_cnn.config import schema
@@ -178,7 +179,7 @@ def test_training_curves_need_the_history_columns() -> None:
 
 @pytest.mark.slow
 def test_stage_writes_every_figure_logs_them_to_the_model_run_and_is_byte_stable(
-    model_project: Path, run_stage, tmp_path: Path, png_check
+    model_project: Path, tmp_path: Path, png_check
 ) -> None:
     evaluate_outputs(model_project)
     result = run_stage("model_figures", cwd=model_project)
@@ -200,7 +201,7 @@ def test_stage_writes_every_figure_logs_them_to_the_model_run_and_is_byte_stable
     assert client.get_run(run_id).data.tags["stage.model_figures"] == "done"
 
 
-def test_stage_without_what_evaluate_computed_fails_in_one_line(model_project: Path, run_stage) -> None:
+def test_stage_without_what_evaluate_computed_fails_in_one_line(model_project: Path) -> None:
     result = run_stage("model_figures", cwd=model_project)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error:")

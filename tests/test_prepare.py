@@ -11,7 +11,7 @@ import pytest
 
 from fashion_cnn.data import splits
 from fashion_cnn.data.idx import encode_idx
-from fashion_cnn.errors import ConfigError, DataError
+from fashion_cnn.errors import DataError
 from fashion_cnn.stages import prepare
 
 if TYPE_CHECKING:
@@ -163,18 +163,6 @@ def test_bad_raw_data_is_rejected_naming_the_file(
     assert reason in str(raised.value)
     # Checked before anything is written.
     assert not prepared_dir.exists()
-
-
-@pytest.mark.parametrize("validation_size", [120, 500])
-def test_validation_size_must_leave_training_images(
-    synthetic_raw, make_config, tmp_path: Path, validation_size: int
-) -> None:
-    data_config = make_config(f"data.validation_size={validation_size}").data
-    with pytest.raises(
-        ConfigError, match=rf"data\.validation_size = {validation_size}: .*120 training images"
-    ):
-        prepare.prepare(synthetic_raw.directory, tmp_path / "prepared", data_config)
-    assert not (tmp_path / "prepared").exists()
 
 
 # ---- data.load_split guards train, evaluate and figures against hand-edited arrays ----

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from stage_runner import run_stage
 
 from fashion_cnn.figures import convolution, convolution_examples, plotting
 
@@ -154,7 +155,7 @@ def test_small_figures_are_byte_stable(tmp_path: Path, png_check) -> None:
 
 @pytest.mark.slow
 def test_stage_writes_every_figure_logs_them_and_is_byte_stable(
-    project: Path, run_stage, tmp_path: Path, png_check
+    project: Path, tmp_path: Path, png_check
 ) -> None:
     result = run_stage("seed_figures", cwd=project)
     assert result.returncode == 0, result.stderr[-2000:]

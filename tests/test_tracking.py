@@ -13,6 +13,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from stage_runner import run_stage
 
 from fashion_cnn import errors
 from fashion_cnn.tools import ui
@@ -85,7 +86,7 @@ def test_mlflow_keras_still_needs_the_model_folder_workaround(tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_multirun_gives_one_child_run_per_job_under_one_parent_run(
-    dvc_project: Path, synthetic_prepared: Path, run_stage, monkeypatch: pytest.MonkeyPatch
+    dvc_project: Path, synthetic_prepared: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     shutil.copytree(synthetic_prepared, dvc_project / "data" / "prepared")
     monkeypatch.setenv("DVC_EXP_NAME", "tiny-sweep")

@@ -6,19 +6,15 @@ In the middle: the server answering 503, going away or hanging after the first e
 leaves training going; the model and metrics are written, the last line says what was not logged
 and how to log it, and `python -m fashion_cnn.tools.log_training` then does.
 
-The stages run in this process (their `main`, as `python -m` calls it) against tests/misbehaving_server.py
+The stages run in this process (stage_runner.run_stage(in_process=True): their `main`, as `python -m`
+calls it) against tests/misbehaving_server.py
 on 127.0.0.1, which passes requests on to a real `mlflow server` for the runs that need one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import json
 import shutil
-import signal
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,10 +22,9 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from hydra.core.global_hydra import GlobalHydra
 from misbehaving_server import MisbehavingServer
+from stage_runner import run_stage, snapshot
 
-from fashion_cnn.stages import memory, train
 from fashion_cnn.tools import log_training
 from fashion_cnn.tracking import faults, runs
 
@@ -72,41 +67,10 @@ def train_project(project: Path, synthetic_prepared: Path) -> Path:
     return project
 
 
-def snapshot(project: Path) -> dict[str, tuple[int, str]]:
-    """mtime and SHA-256 of every file under OUTPUTS."""
-    return {
-        str(path.relative_to(project)): (
-            path.stat().st_mtime_ns,
-            hashlib.sha256(path.read_bytes()).hexdigest(),
-        )
-        for folder in OUTPUTS
-        for path in sorted((project / folder).rglob("*"))
-        if path.is_file()
-    }
-
-
-# Hydra's logging set-up closes every logging handler there is, pytest's capture among them.
-HYDRA_LOGGING_OFF = ("hydra/job_logging=none", "hydra/hydra_logging=none")
-
-
-def run_main(main: Callable[[], None], *overrides: str) -> tuple[int, str, float]:
-    """A stage's `main` as `python -m fashion_cnn.stages.<stage> <overrides>` runs it, in this process:
-    its exit code, what it wrote to stderr, and the seconds it took."""
-    saved_argv, saved_sigterm = sys.argv, signal.getsignal(signal.SIGTERM)
-    sys.argv = ["stage", *overrides, *HYDRA_LOGGING_OFF]
-    stderr = io.StringIO()
-    started = time.monotonic()
-    try:
-        with contextlib.redirect_stderr(stderr):
-            main()
-        code = 0
-    except SystemExit as stop:
-        code = stop.code or 0
-    finally:
-        GlobalHydra.instance().clear()
-        sys.argv = saved_argv
-        signal.signal(signal.SIGTERM, saved_sigterm)
-    return code, stderr.getvalue(), time.monotonic() - started
+def train_here(project: Path) -> tuple[int, str, float]:
+    """TINY_TRAIN through the train stage in this process: exit code, stderr and seconds."""
+    result = run_stage("train", *TINY_TRAIN, cwd=project, in_process=True)
+    return result.returncode, result.stderr, result.seconds
 
 
 def our_lines(stderr: str) -> list[str]:
@@ -160,15 +124,15 @@ def test_an_unhealthy_server_stops_train_before_it_starts(
     setup, expected = STARTS[name]
     setup(fake_server)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", fake_server.url)
-    before = snapshot(train_project)
-    code, stderr, seconds = run_main(train.main, *TINY_TRAIN)
+    before = snapshot(train_project, OUTPUTS)
+    code, stderr, seconds = train_here(train_project)
     assert code == 1, stderr
     (line,) = our_lines(stderr)
     assert line.startswith(
         f"error: MLflow tracking server {fake_server.url} (MLFLOW_TRACKING_URI) {expected}"
     )
     assert "unset MLFLOW_TRACKING_URI" in line and len(line) < 400
-    assert snapshot(train_project) == before
+    assert snapshot(train_project, OUTPUTS) == before
     # Only the check was made: no experiment, no run, no retries.
     assert all(request.split("?")[0] in ("GET /health", "GET /api/2.0/mlflow/experiments/search")
                for request in fake_server.requests), fake_server.requests  # fmt: skip
@@ -188,15 +152,15 @@ def test_a_server_failing_right_after_its_check_stops_the_stage_in_one_line(
         lambda: fake_server.answer(503, retry_after=3600),
     )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", fake_server.url)
-    before = snapshot(train_project)
-    code, stderr, seconds = run_main(train.main, *TINY_TRAIN)
+    before = snapshot(train_project, OUTPUTS)
+    code, stderr, seconds = train_here(train_project)
     assert code == 1, stderr
     (line,) = our_lines(stderr)
     assert line.startswith(
         f"error: MLflow tracking store {fake_server.url} failed as the train stage started"
     )
     assert "503" in line and "nothing was run" in line and len(line) < 600
-    assert snapshot(train_project) == before
+    assert snapshot(train_project, OUTPUTS) == before
     # MLflow's retries are bounded: 3 attempts, about 3 s in all, whatever Retry-After says.
     assert len([request for request in fake_server.requests if "get-by-name" in request]) == 3
     assert seconds < 20
@@ -214,7 +178,8 @@ def test_a_slow_server_that_answers_is_used(
 ) -> None:
     fake_server.proxy(mlflow_server.url, delay_seconds=0.5)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", fake_server.url)
-    code, stderr, seconds = run_main(memory.main)
+    result = run_stage("memory", cwd=project, in_process=True)
+    code, stderr, seconds = result.returncode, result.stderr, result.seconds
     assert code == 0, stderr
     assert our_lines(stderr) == []
     assert seconds >= 0.5 * len(fake_server.requests)
@@ -281,7 +246,7 @@ def train_until_the_server_fails(
         failure(fake)
 
     fake.fail_after(first_epoch_logged, fail)
-    code, stderr, seconds = run_main(train.main, *TINY_TRAIN)
+    code, stderr, seconds = train_here(project)
     warnings = [line for line in our_lines(stderr) if line.startswith("warning: ")]
     assert code == 0 and len(warnings) == 1, stderr[-4000:]
     assert failed_at, "the server never saw epoch 1's metrics"

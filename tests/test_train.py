@@ -10,7 +10,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,8 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
-from conftest import stage_process, tiny_arrays
+from conftest import tiny_arrays
+from stage_runner import StageResult, run_stage, stage_command
 
 from fashion_cnn.data import splits as data
 from fashion_cnn.evaluation import scores
@@ -54,12 +54,7 @@ def tiny_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return project
 
 
-def run_stage(project: Path, stage: str, *overrides: str) -> subprocess.CompletedProcess:
-    """Run a stage with overrides in the project, as DVC would."""
-    return stage_process(stage, *overrides, cwd=project, timeout=600)
-
-
-def checked(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+def checked(result: StageResult) -> StageResult:
     """Fail with the stage's output when it exited non-zero."""
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -68,7 +63,7 @@ def checked(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 def long_training_until(project: Path, line_start: str) -> subprocess.Popen:
     """A 200-epoch training run in its own process, returned once it printed a line starting so."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "fashion_cnn.stages.train", *TINY_RUN, "train.epochs=200"],
+        stage_command("train", *TINY_RUN, "train.epochs=200"),
         cwd=project, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     for line in process.stdout:
@@ -78,10 +73,10 @@ def long_training_until(project: Path, line_start: str) -> subprocess.Popen:
 
 
 def test_train_and_evaluate_log_one_complete_run(tiny_project: Path):
-    trained = checked(run_stage(tiny_project, "train", *TINY_RUN))
+    trained = checked(run_stage("train", *TINY_RUN, cwd=tiny_project, timeout=600))
     assert trained.stdout.count("epoch ") == 2, trained.stdout
     assert "on CPU" in trained.stdout
-    checked(run_stage(tiny_project, "evaluate", *TINY_RUN))
+    checked(run_stage("evaluate", *TINY_RUN, cwd=tiny_project, timeout=600))
 
     run_id = json.loads((tiny_project / "data/model/mlflow_run.json").read_text())["run_id"]
     run = mlflow.MlflowClient().get_run(run_id)
@@ -127,7 +122,7 @@ def test_train_and_evaluate_log_one_complete_run(tiny_project: Path):
 
 def test_same_seed_gives_identical_metrics_and_another_seed_does_not(tiny_project: Path):
     def history_after(*overrides: str) -> str:
-        checked(run_stage(tiny_project, "train", *TINY_RUN, *overrides))
+        checked(run_stage("train", *TINY_RUN, *overrides, cwd=tiny_project, timeout=600))
         rows = (tiny_project / "reports/train/history.csv").read_text().splitlines()
         # Everything but the wall-clock column.
         return "\n".join(row.rsplit(",", 1)[0] for row in rows)
@@ -154,21 +149,15 @@ def latest_train_run() -> Any:
 
 
 def test_diverging_loss_stops_with_a_clear_error(tiny_project: Path):
-    result = run_stage(tiny_project, "train", *TINY_RUN, "train.optimizer=sgd", "train.learning_rate=1e9")
+    result = run_stage(
+        "train", *TINY_RUN, "train.optimizer=sgd", "train.learning_rate=1e9", cwd=tiny_project, timeout=600
+    )
     assert result.returncode == 1
     assert "training diverged: the loss became nan in epoch 1" in result.stderr
     assert latest_train_run().info.status == "FAILED"
     # No model, and no record pointing at the failed run.
     assert not (tiny_project / "data/model/model.keras").exists()
     assert not (tiny_project / "data/model/mlflow_run.json").exists()
-
-
-def test_gpu_requested_without_one_is_an_error_not_a_silent_cpu_run(tiny_project: Path):
-    result = run_stage(tiny_project, "train", *TINY_RUN, "train.device=gpu")
-    assert result.returncode == 1
-    assert "train.device = 'gpu'" in result.stderr
-    assert "no GPU" in result.stderr
-    assert not (tiny_project / "data/model/model.keras").exists()
 
 
 def test_sigterm_during_training_ends_the_run_killed_and_writes_no_model(tiny_project: Path):
@@ -189,7 +178,7 @@ def test_sigterm_during_training_ends_the_run_killed_and_writes_no_model(tiny_pr
 def test_validation_and_test_loss_are_the_same_plain_cross_entropy(tiny_project: Path):
     # With label smoothing the training objective differs from cross-entropy; the reported
     # validation loss must not: it is what evaluate computes, on the validation split.
-    checked(run_stage(tiny_project, "train", *TINY_RUN, "train.label_smoothing=0.2"))
+    checked(run_stage("train", *TINY_RUN, "train.label_smoothing=0.2", cwd=tiny_project, timeout=600))
     rows = list(csv.DictReader((tiny_project / "reports/train/history.csv").open()))
     assert float(rows[-1]["objective"]) > float(rows[-1]["loss"]) + 0.05
     model = trained_model.load_model(tiny_project / "data/model/model.keras")
@@ -200,8 +189,8 @@ def test_validation_and_test_loss_are_the_same_plain_cross_entropy(tiny_project:
 
 
 def test_xla_is_logged_as_it_ran(tiny_project: Path):
-    result = checked(run_stage(tiny_project, "train", *TINY_RUN, "train.epochs=1", "train.jit_compile=on",
-                               "train.deterministic=false"))  # fmt: skip
+    result = checked(run_stage("train", *TINY_RUN, "train.epochs=1", "train.jit_compile=on",
+                               "train.deterministic=false", cwd=tiny_project, timeout=600))  # fmt: skip
     assert "XLA on" in result.stdout and "deterministic ops off" in result.stdout
     run_id = json.loads((tiny_project / "data/model/mlflow_run.json").read_text())["run_id"]
     params = mlflow.MlflowClient().get_run(run_id).data.params
@@ -218,7 +207,7 @@ def test_contradictory_or_misfitting_settings_stop_before_any_run(tiny_project: 
         ("train.batch_size=10000000",): "(estimated) but only",
     }
     for overrides, expected in cases.items():
-        result = run_stage(tiny_project, "train", *TINY_RUN, *overrides)
+        result = run_stage("train", *TINY_RUN, *overrides, cwd=tiny_project, timeout=600)
         assert result.returncode == 1, result.stderr[-2000:]
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
@@ -229,8 +218,10 @@ def test_contradictory_or_misfitting_settings_stop_before_any_run(tiny_project: 
 
 def test_evaluate_follows_the_trained_model_not_the_current_params(tiny_project: Path):
     # A preset that logs to its own experiment, then evaluate with the default params (seed_cnn).
-    checked(run_stage(tiny_project, "train", *TINY_RUN, "tracking.experiment_name=preset-runs"))
-    result = checked(run_stage(tiny_project, "evaluate"))
+    checked(
+        run_stage("train", *TINY_RUN, "tracking.experiment_name=preset-runs", cwd=tiny_project, timeout=600)
+    )
+    result = checked(run_stage("evaluate", cwd=tiny_project, timeout=600))
     assert "note: data/model was trained with other settings" in result.stdout
     assert "model.layers.0.filters = 16 (params now: 64)" in result.stdout
     assert "using the model as trained (model 'small_cnn')" in result.stdout
@@ -246,20 +237,20 @@ def test_output_is_quiet_shows_progress_and_everything_comes_back_on_request(
     # A progress line as often as possible (the default is at most one per 30 s).
     monkeypatch.setenv(progress.INTERVAL_ENV_VAR, "0")
     for stage in ("train", "evaluate"):
-        result = checked(run_stage(tiny_project, stage, *TINY_RUN))
+        result = checked(run_stage(stage, *TINY_RUN, cwd=tiny_project, timeout=600))
         lines = (result.stdout + result.stderr).splitlines()
         assert [line for line in lines if quiet.is_noise(line) or "\x1b[" in line] == [], stage
     progress_line = r"^epoch 1/2: step \d+/19 \(\d+%\), [\d,.]+ images/s, ETA \w+, run ETA \w+$"
-    assert re.search(progress_line, run_stage(tiny_project, "train", *TINY_RUN).stdout, re.M)
+    assert re.search(progress_line, run_stage("train", *TINY_RUN, cwd=tiny_project, timeout=600).stdout, re.M)
     monkeypatch.setenv(quiet.VERBOSE_ENV_VAR, "1")
-    verbose = checked(run_stage(tiny_project, "evaluate", *TINY_RUN))
+    verbose = checked(run_stage("evaluate", *TINY_RUN, cwd=tiny_project, timeout=600))
     assert any(quiet.is_noise(line) for line in (verbose.stdout + verbose.stderr).splitlines())
 
 
 def test_a_second_training_run_in_the_same_checkout_stops_with_one_line(tiny_project: Path):
     first = long_training_until(tiny_project, "running on ")
     try:
-        second = run_stage(tiny_project, "train", *TINY_RUN)
+        second = run_stage("train", *TINY_RUN, cwd=tiny_project, timeout=600)
     finally:
         first.kill()
         first.communicate(timeout=60)
@@ -268,4 +259,4 @@ def test_a_second_training_run_in_the_same_checkout_stops_with_one_line(tiny_pro
     assert len(errors) == 1 and "data/train.lock: another training run in this checkout" in errors[0]
     assert f"pid {first.pid}" in errors[0]
     # Once the first is gone, the lock goes with it.
-    checked(run_stage(tiny_project, "train", *TINY_RUN, "train.epochs=1"))
+    checked(run_stage("train", *TINY_RUN, "train.epochs=1", cwd=tiny_project, timeout=600))
