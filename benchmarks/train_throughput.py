@@ -23,8 +23,7 @@ from benchmarks.workers import SEED_BATCH_SIZE, compose_config, run_worker
 from fashion_cnn.config.cli import run_cli
 from fashion_cnn.data import fetch, splits
 from fashion_cnn.errors import FashionCnnError
-from fashion_cnn.model.architecture import ModelConfig, count_parameters
-from fashion_cnn.model.costs import layer_costs
+from fashion_cnn.model.architecture import ModelConfig, count_parameters, infer_shapes
 from fashion_cnn.stages import prepare
 from fashion_cnn.utils import machine, paths
 from fashion_cnn.utils.atomic import write_json_atomic
@@ -171,7 +170,7 @@ def summarize(runs: list[dict], variants: list[Variant], compute: dict[str, Any]
 
 def compute(model_config: ModelConfig, machine: dict[str, Any]) -> dict[str, Any]:
     """FLOPs per training image from the layer list, and the CPU's FP32 peak to hold GFLOP/s against."""
-    multiply_adds = sum(cost.multiply_adds for cost in layer_costs(model_config))
+    multiply_adds = sum(shape.multiply_adds for shape in infer_shapes(model_config))
     flags = machine["flags"]
     # FP32 FLOP per cycle and core: 2 FMA units x 16 (AVX-512) or 8 (AVX2) lanes x 2, else SSE's 4 lanes x 2.
     per_cycle = 64 if flags["avx512f"] else 32 if flags["avx2"] and flags["fma"] else 8
