@@ -27,8 +27,8 @@ MARKER = "reliability"
 # Longest case or sees text: a table cell a person reads at a glance.
 MAX_TEXT = 100
 
-# Test file (or file::test function, which wins) -> the group its rows are listed under, in this
-# order; files not named here get a group from their name ("test_foo_bar.py" -> "Foo bar").
+# Test file -> the group its rows are listed under, in this order; files not named here get a group
+# from their name ("test_foo_bar.py" -> "Foo bar").
 GROUPS = {
     "test_download.py": "Downloads",
     "test_prepare.py": "Raw and prepared data",
@@ -88,10 +88,9 @@ class Collector:
 
 
 def group_of(node_id: str) -> str:
-    """The group of a test item, from its file and test function (GROUPS)."""
+    """The group of a test item, from its file (GROUPS)."""
     file_name = Path(node_id.split("::")[0]).name
-    function = node_id.split("::")[-1].split("[")[0]
-    if group := GROUPS.get(f"{file_name}::{function}") or GROUPS.get(file_name):
+    if group := GROUPS.get(file_name):
         return group
     return file_name.removeprefix("test_").removesuffix(".py").replace("_", " ").capitalize()
 

@@ -103,11 +103,6 @@ def test_max_images_shrink_train_and_test_but_not_validation(
     np.testing.assert_allclose(mean[0], synthetic_raw.images["train"][:40].mean(axis=0), rtol=1e-6)
 
 
-def test_synthetic_prepared_fixture_matches_its_docstring(synthetic_prepared: Path) -> None:
-    sizes = {name: len(splits.load_split(synthetic_prepared, name).labels) for name in splits.SPLITS}
-    assert sizes == {"train": 100, "validation": 20, "test": 30}
-
-
 def write_gz(path: Path, payload: bytes) -> None:
     path.write_bytes(gzip.compress(payload, mtime=0))
 

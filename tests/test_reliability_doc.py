@@ -100,7 +100,7 @@ def test_groups_come_from_the_test_file() -> None:
     assert reliability_doc.group_of("tests/test_new_kind_of_fault.py::test_z") == "New kind of fault"
     assert (
         reliability_doc.group_of(
-            "tests/test_reliability.py::test_bad_input_stops_the_stage_with_one_error_line[x]"
+            "tests/test_bad_params.py::test_bad_input_stops_the_stage_with_one_error_line[x]"
         )
         == "Bad params and data through a stage"
     )
