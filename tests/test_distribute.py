@@ -129,6 +129,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
     from fashion_cnn.config import cli, schema
     from fashion_cnn.data import splits as data
     from fashion_cnn.training import distribute, loop, runtime
+    from fashion_cnn.training.config import ProjectConfig
 
     root = Path(sys.argv[1])
     cli.register_stage_config(root)
@@ -140,11 +141,12 @@ MIRRORED_SCRIPT = textwrap.dedent(
         overrides = [*sys.argv[4:], f"train.strategy={strategy_name}", f"train.batch_size={batch_size}"]
         with initialize(version_base="1.3", config_path=None):
             composed = compose(cli.STAGE_CONFIG_NAME, overrides=overrides)
-        run_config = config.validate(config.to_plain_dict(composed))
+        run_config = schema.validate(schema.to_plain_dict(composed), ProjectConfig)
         strategy = distribute.make_strategy(strategy_name, "CPU")
         settings = runtime.resolve_runtime(run_config.train, "CPU", strategy)
         runtime.seed_everything(run_config.seed, run_config.train.deterministic)
-        model, rows = training.fit(run_config, train_split, validation_split, settings, strategy, chief=False)
+        runtime.apply_precision(settings)
+        model, rows = loop.fit(run_config, train_split, validation_split, settings, strategy, chief=False)
         kernel = model.trainable_variables[0].value  # a tf.Variable; under a strategy, one per replica
         devices = sorted(component.device for component in kernel.values) if strategy else []
         results[strategy_name] = {"runtime": settings.as_dict(), "rows": rows, "devices": devices}
