@@ -133,19 +133,20 @@ def compose_config(root: Path, overrides: list[str]) -> Any:
     """params.yaml of `root` plus overrides, validated: what the train stage runs with."""
     from hydra import compose, initialize
 
-    from fashion_cnn.config import cli
-    from fashion_cnn.config import schema as config
+    from fashion_cnn.config import cli, schema
+    from fashion_cnn.training.config import ProjectConfig
 
     cli.register_stage_config(root)
     with initialize(version_base="1.3", config_path=None):
-        return config.validate(config.to_plain_dict(compose(cli.STAGE_CONFIG_NAME, overrides=overrides)))
+        composed = compose(cli.STAGE_CONFIG_NAME, overrides=overrides)
+    return schema.validate(schema.to_plain_dict(composed), ProjectConfig)
 
 
 def run_project(job: dict[str, Any], clock: StepClock) -> dict[str, Any]:
     """The train stage's own steps before and during fit, without MLflow and saving."""
     # Imported here, not at the top: the seed's process must not load this project's modules.
-    from fashion_cnn.data import splits as data
-    from fashion_cnn.model import architecture as model
+    from fashion_cnn.data.splits import load_split
+    from fashion_cnn.model.architecture import count_parameters
     from fashion_cnn.training import distribute, loop, runtime
 
     imported = time.time()
@@ -154,7 +155,8 @@ def run_project(job: dict[str, Any], clock: StepClock) -> dict[str, Any]:
     strategy = distribute.make_strategy(config.train.strategy, device)
     settings = runtime.resolve_runtime(config.train, device, strategy)
     runtime.seed_everything(config.seed, config.train.deterministic)
-    splits = [data.load_split(Path(job["prepared"]), name) for name in ("train", "validation")]
+    runtime.apply_precision(settings)
+    splits = [load_split(Path(job["prepared"]), name) for name in ("train", "validation")]
     loaded = time.time()
     # fit() builds its callback from the module's EpochReport: swap in the clocked subclass. Not the chief:
     # nothing is logged to MLflow.
@@ -162,7 +164,7 @@ def run_project(job: dict[str, Any], clock: StepClock) -> dict[str, Any]:
     with contextlib.suppress(BenchmarkDone):
         loop.fit(config, *splits, settings, strategy, chief=False)
     loading = {"seconds_imports": imported - SPAWNED_AT, "seconds_data_loading": loaded - imported}
-    return clock.summary(config.train.batch_size, parameters=model.count_parameters(config.model), **loading)
+    return clock.summary(config.train.batch_size, parameters=count_parameters(config.model), **loading)
 
 
 def run_stage(job: dict[str, Any], clock: StepClock) -> dict[str, Any]:

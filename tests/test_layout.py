@@ -118,7 +118,8 @@ def test_the_layering_check_names_each_wrong_import() -> None:
     }
     assert layering_violations(graph) == [
         "fashion_cnn.data.splits imports fashion_cnn.training.loop: data/ may import only config, utils",
-        "fashion_cnn.serving.classifier imports fashion_cnn.tools.serve: nothing may import a stage or a tool",
+        "fashion_cnn.serving.classifier imports fashion_cnn.tools.serve: "
+        "nothing may import a stage or a tool",
         "fashion_cnn.stages.train imports fashion_cnn.stages.evaluate: nothing may import a stage or a tool",
     ]
 

@@ -11,7 +11,7 @@ import pytest
 from stage_runner import run_stage
 
 from fashion_cnn import errors
-from fashion_cnn.model import architecture, costs, layers
+from fashion_cnn.model import architecture, costs, layers, spatial_layers
 from fashion_cnn.training import memory_check
 
 # Multiply-adds per image of the seed CNN, layer by layer:
@@ -35,8 +35,8 @@ def tiny_model_config() -> architecture.ModelConfig:
         name="tiny",
         input_shape=[4, 4, 1],
         layers=[
-            layers.ConvLayer(type="conv", filters=2, kernel_size=3),
-            layers.PoolLayer(type="max_pool"),
+            spatial_layers.ConvLayer(type="conv", filters=2, kernel_size=3),
+            spatial_layers.PoolLayer(type="max_pool"),
             layers.FlattenLayer(type="flatten"),
             layers.DenseLayer(type="dense", units=10, activation="softmax"),
         ],

@@ -85,6 +85,7 @@ def test_a_value_marker_quotes_its_report(reports: report_docs.Reports) -> None:
         ("<!-- value: reports/metrics.json test.acuracy .4f --><!-- end -->", "no 'test.acuracy'"),
         ("<!-- value: reports/metrics.json test.accuracy --><!-- end -->", "must be 'FILE KEY FORMAT'"),
     ],
+    ids=["unknown-block", "unknown-key", "no-format"],
 )
 def test_a_bad_marker_is_one_line(marker: str, fragment: str, reports: report_docs.Reports) -> None:
     with pytest.raises(FashionCnnError) as raised:

@@ -1,6 +1,6 @@
 """The model as data: the layer list's schema, one shape-and-cost pass over it, and the Keras builder.
 
-The union below is the one list of layer types (layers.py, recipe_layers.py); LAYER_CLASSES and
+The union below is the one list of layer types (layers.py, spatial_layers.py); LAYER_CLASSES and
 LAYER_TYPES derive from it. `infer_shapes` walks `model.layers` once, checking every shape;
 validation, parameter counts, the summary, the memory report and the builder all read its result.
 """
@@ -12,25 +12,19 @@ from typing import Annotated
 
 from pydantic import Field
 
+from fashion_cnn.config.schema import PositiveInt, Strict
 from fashion_cnn.errors import ConfigError
 from fashion_cnn.model.layers import (
-    ConvLayer,
+    ActivationLayer,
+    BatchNormLayer,
     DenseLayer,
     DropoutLayer,
     FlattenLayer,
-    LayerEntry,
-    PoolLayer,
-    PositiveInt,
-    Shape,
-    Strict,
-)
-from fashion_cnn.model.recipe_layers import (
-    ActivationLayer,
-    BatchNormLayer,
     GlobalAvgPoolLayer,
-    ResidualLayer,
-    SeparableConvLayer,
+    LayerEntry,
+    Shape,
 )
+from fashion_cnn.model.spatial_layers import ConvLayer, PoolLayer, ResidualLayer, SeparableConvLayer
 
 Layer = Annotated[
     ConvLayer

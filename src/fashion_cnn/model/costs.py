@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 from fashion_cnn.model.architecture import LayerShape, ModelConfig, infer_shapes
-from fashion_cnn.model.layers import ConvLayer
+from fashion_cnn.model.spatial_layers import ConvLayer
 
 FLOAT32_BYTES = 4
 # float16 and bfloat16 both take two bytes per value.

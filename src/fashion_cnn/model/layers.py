@@ -1,10 +1,11 @@
-"""The architecture as data: one class per layer type of `model.layers`; here the seed's types
-(conv, pooling, flatten, dense, dropout) and what every type provides.
+"""The architecture as data: what every layer type of `model.layers` provides, and the types that
+work per position or make the head: batch norm, activation, dropout, flatten, global average pooling,
+dense. spatial_layers.py holds the types that slide a window over the image.
 
 Each entry validates its own keys (pydantic), computes what it does to an input shape (output shape,
 parameters, multiply-adds per image), names itself for summaries and reports, and builds its Keras
-layer. recipe_layers.py adds the modern types; model.py joins both into the one list of types
-(LAYER_CLASSES) from which the schema, shape checks, counts, the memory report and the builder derive.
+layer. architecture.py joins every type into the one list (LAYER_CLASSES) from which the schema,
+shape checks, counts, the memory report and the builder derive.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from fashion_cnn.config.schema import PositiveInt, Strict  # noqa: F401 (the layer types' base
+from fashion_cnn.config.schema import PositiveInt, Strict
 from fashion_cnn.errors import ConfigError
 
 ACTIVATIONS = ("relu", "elu", "gelu", "selu", "swish", "tanh", "sigmoid", "softmax", "linear")
@@ -29,13 +30,6 @@ def keras_layers() -> Any:
     from keras import layers
 
     return layers
-
-
-def spatial_output(size: int, window: int, stride: int, padding: str) -> int:
-    """Output length along one axis: ceil(n / s) for "same", floor((n - f) / s) + 1 for "valid"."""
-    if padding == "same":
-        return math.ceil(size / stride)
-    return (size - window) // stride + 1 if size >= window else 0
 
 
 class LayerEntry(Strict):
@@ -65,94 +59,55 @@ class LayerEntry(Strict):
         raise NotImplementedError
 
 
-def window_output(shape: Shape, window: int, stride: int, padding: str, size_key: str) -> tuple[int, int]:
-    """Height and width after a sliding window, or ConfigError (naming `size_key`) when nothing is left."""
-    height, width = shape[0], shape[1]
-    out_height, out_width = (spatial_output(side, window, stride, padding) for side in (height, width))
-    if out_height <= 0 or out_width <= 0:
-        raise ConfigError(
-            f".{size_key} = {window}: a {padding!r} window of {window} with stride {stride} shrinks the "
-            f"{height}x{width} input to {out_height}x{out_width}; use a smaller window, 'same' padding "
-            f"or fewer pooling layers"
-        )
-    return out_height, out_width
-
-
-class ConvFields(LayerEntry):
-    """What every convolution entry has (not a layer type itself: subclasses narrow `type`)."""
-
-    filters: PositiveInt
-    """Output channels (feature maps)."""
-    kernel_size: PositiveInt
-    """Height and width of each kernel, in pixels."""
-    strides: PositiveInt = 1
-    """Step of the kernel across the image, in pixels."""
-    padding: Literal["same", "valid"] = "same"
-    """same: zero-padding keeps the size (at stride 1); valid: no padding, the image shrinks."""
-    activation: Literal[ACTIVATIONS] = "relu"
-    """The activation after the convolution (linear: none)."""
-    needs_image: ClassVar[bool] = True
-
-
-class ConvLayer(ConvFields):
-    type: Literal["conv"]
-    """conv: a 2-D convolution."""
+class BatchNormLayer(LayerEntry):
+    type: Literal["batch_norm"]
+    """batch_norm: batch normalization."""
+    momentum: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
+    """Weight of the old value in the moving mean and variance used at inference (Keras's default
+    0.99; 0.9, PyTorch's default, suits runs of a few thousand steps)."""
 
     def output(self, shape: Shape) -> tuple[Shape, int, int]:
-        height, width = window_output(shape, self.kernel_size, self.strides, self.padding, "kernel_size")
-        inputs_per_output = self.kernel_size * self.kernel_size * shape[2]
-        parameters = (inputs_per_output + 1) * self.filters
-        return (height, width, self.filters), parameters, height * width * self.filters * inputs_per_output
+        return shape, BATCH_NORM_WEIGHTS * shape[-1], 0
 
     @property
     def summary(self) -> str:
-        return f"conv{self.filters}x{self.kernel_size}"
-
-    @property
-    def description(self) -> str:
-        size = self.kernel_size
-        return f"conv {self.filters} {size}x{size}/{self.strides} {self.padding}"
+        return "bn"
 
     def build(self, input_shape: Shape, name: str, is_output: bool) -> Any:
         layers = keras_layers()
-        return layers.Conv2D(
-            self.filters,
-            self.kernel_size,
-            strides=self.strides,
-            padding=self.padding,
-            activation=self.activation,
-            name=name,
-        )
+        return layers.BatchNormalization(momentum=self.momentum, name=name)
 
 
-class PoolLayer(LayerEntry):
-    type: Literal["max_pool", "avg_pool"]
-    """max_pool or avg_pool: the maximum or the mean of each window."""
-    pool_size: PositiveInt = 2
-    """Height and width of the pooling window, in pixels."""
-    strides: PositiveInt | None = None
-    """Step of the window; null: the pool size (Keras's default)."""
-    padding: Literal["same", "valid"] = "valid"
-    """valid: windows that fit only; same: pad so that every pixel is covered."""
-    needs_image: ClassVar[bool] = True
+class ActivationLayer(LayerEntry):
+    """A bare activation, for conv (activation linear) -> batch_norm -> activation orderings."""
 
-    def output(self, shape: Shape) -> tuple[Shape, int, int]:
-        stride = self.strides or self.pool_size
-        height, width = window_output(shape, self.pool_size, stride, self.padding, "pool_size")
-        return (height, width, shape[2]), 0, 0
+    type: Literal["activation"]
+    """activation: a bare activation."""
+    activation: Literal[ACTIVATIONS]
+    """The activation function."""
 
     @property
     def summary(self) -> str:
-        return f"{self.type.replace('_', '')}{self.pool_size}"
-
-    @property
-    def description(self) -> str:
-        return f"{self.type.replace('_', ' ')} {self.pool_size}x{self.pool_size}"
+        return self.activation
 
     def build(self, input_shape: Shape, name: str, is_output: bool) -> Any:
         layers = keras_layers()
-        pool_class = layers.MaxPooling2D if self.type == "max_pool" else layers.AveragePooling2D
-        return pool_class(self.pool_size, strides=self.strides, padding=self.padding, name=name)
+        return layers.Activation(self.activation, name=name)
+
+
+class DropoutLayer(LayerEntry):
+    type: Literal["dropout"]
+    """dropout: zero a random share of the values while training."""
+    rate: Annotated[float, Field(ge=0.0, lt=1.0)]
+    """The share of values zeroed at each training step."""
+
+    @property
+    def summary(self) -> str:
+        return f"drop{self.rate:g}"
+
+    def build(self, input_shape: Shape, name: str, is_output: bool) -> Any:
+        layers = keras_layers()
+        return layers.Dropout(self.rate, name=name)
 
 
 class FlattenLayer(LayerEntry):
@@ -165,6 +120,23 @@ class FlattenLayer(LayerEntry):
     def build(self, input_shape: Shape, name: str, is_output: bool) -> Any:
         layers = keras_layers()
         return layers.Flatten(name=name)
+
+
+class GlobalAvgPoolLayer(LayerEntry):
+    type: Literal["global_avg_pool"]
+    """global_avg_pool: the mean of each feature map, (height, width, channels) to (channels)."""
+    needs_image: ClassVar[bool] = True
+
+    def output(self, shape: Shape) -> tuple[Shape, int, int]:
+        return (shape[-1],), 0, 0
+
+    @property
+    def summary(self) -> str:
+        return "gap"
+
+    def build(self, input_shape: Shape, name: str, is_output: bool) -> Any:
+        layers = keras_layers()
+        return layers.GlobalAveragePooling2D(name=name)
 
 
 class DenseLayer(LayerEntry):
@@ -195,18 +167,3 @@ class DenseLayer(LayerEntry):
         # The output layer stays float32 under mixed precision, for a stable softmax.
         dtype = "float32" if is_output else None
         return layers.Dense(self.units, activation=self.activation, name=name, dtype=dtype)
-
-
-class DropoutLayer(LayerEntry):
-    type: Literal["dropout"]
-    """dropout: zero a random share of the values while training."""
-    rate: Annotated[float, Field(ge=0.0, lt=1.0)]
-    """The share of values zeroed at each training step."""
-
-    @property
-    def summary(self) -> str:
-        return f"drop{self.rate:g}"
-
-    def build(self, input_shape: Shape, name: str, is_output: bool) -> Any:
-        layers = keras_layers()
-        return layers.Dropout(self.rate, name=name)

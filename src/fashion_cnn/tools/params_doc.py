@@ -1,8 +1,9 @@
 """docs/params.md from the params schema: every key of params.yaml with its type, default, allowed
 values and meaning. `python -m fashion_cnn.tools.params_doc` writes it; a test keeps it current.
 
-The meanings are the schema's field docstrings (config.py, layers.py, recipe_layers.py, model.py),
-so they survive `dvc exp run`, which rewrites params.yaml from conf/ without its comments.
+The meanings are the schema's field docstrings (config/, model/layers.py, model/spatial_layers.py,
+model/architecture.py), so they survive `dvc exp run`, which rewrites params.yaml from conf/ without
+its comments.
 """
 
 from __future__ import annotations

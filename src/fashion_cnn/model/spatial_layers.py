@@ -1,22 +1,84 @@
-"""The layer types beyond the seed's CNN, for modern small CNNs: batch norm, a bare activation,
-global average pooling, depthwise-separable convolution and the ResNet basic block (see layers.py)."""
+"""The layer types that slide a window over the image: convolution, depthwise-separable
+convolution, max and average pooling, and the ResNet basic block (see layers.py for what every type
+provides)."""
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from fashion_cnn.model.layers import (
-    ACTIVATIONS,
-    BATCH_NORM_WEIGHTS,
-    ConvFields,
-    LayerEntry,
-    PositiveInt,
-    Shape,
-    keras_layers,
-    window_output,
-)
+from fashion_cnn.config.schema import PositiveInt
+from fashion_cnn.errors import ConfigError
+from fashion_cnn.model.layers import ACTIVATIONS, BATCH_NORM_WEIGHTS, LayerEntry, Shape, keras_layers
+
+
+def spatial_output(size: int, window: int, stride: int, padding: str) -> int:
+    """Output length along one axis: ceil(n / s) for "same", floor((n - f) / s) + 1 for "valid"."""
+    if padding == "same":
+        return math.ceil(size / stride)
+    return (size - window) // stride + 1 if size >= window else 0
+
+
+def window_output(shape: Shape, window: int, stride: int, padding: str, size_key: str) -> tuple[int, int]:
+    """Height and width after a sliding window, or ConfigError (naming `size_key`) when nothing is left."""
+    height, width = shape[0], shape[1]
+    out_height, out_width = (spatial_output(side, window, stride, padding) for side in (height, width))
+    if out_height <= 0 or out_width <= 0:
+        raise ConfigError(
+            f".{size_key} = {window}: a {padding!r} window of {window} with stride {stride} shrinks the "
+            f"{height}x{width} input to {out_height}x{out_width}; use a smaller window, 'same' padding "
+            f"or fewer pooling layers"
+        )
+    return out_height, out_width
+
+
+class ConvFields(LayerEntry):
+    """What every convolution entry has (not a layer type itself: subclasses narrow `type`)."""
+
+    filters: PositiveInt
+    """Output channels (feature maps)."""
+    kernel_size: PositiveInt
+    """Height and width of each kernel, in pixels."""
+    strides: PositiveInt = 1
+    """Step of the kernel across the image, in pixels."""
+    padding: Literal["same", "valid"] = "same"
+    """same: zero-padding keeps the size (at stride 1); valid: no padding, the image shrinks."""
+    activation: Literal[ACTIVATIONS] = "relu"
+    """The activation after the convolution (linear: none)."""
+    needs_image: ClassVar[bool] = True
+
+
+class ConvLayer(ConvFields):
+    type: Literal["conv"]
+    """conv: a 2-D convolution."""
+
+    def output(self, shape: Shape) -> tuple[Shape, int, int]:
+        height, width = window_output(shape, self.kernel_size, self.strides, self.padding, "kernel_size")
+        inputs_per_output = self.kernel_size * self.kernel_size * shape[2]
+        parameters = (inputs_per_output + 1) * self.filters
+        return (height, width, self.filters), parameters, height * width * self.filters * inputs_per_output
+
+    @property
+    def summary(self) -> str:
+        return f"conv{self.filters}x{self.kernel_size}"
+
+    @property
+    def description(self) -> str:
+        size = self.kernel_size
+        return f"conv {self.filters} {size}x{size}/{self.strides} {self.padding}"
+
+    def build(self, input_shape: Shape, name: str, is_output: bool) -> Any:
+        layers = keras_layers()
+        return layers.Conv2D(
+            self.filters,
+            self.kernel_size,
+            strides=self.strides,
+            padding=self.padding,
+            activation=self.activation,
+            name=name,
+        )
 
 
 class SeparableConvLayer(ConvFields):
@@ -51,57 +113,34 @@ class SeparableConvLayer(ConvFields):
         )
 
 
-class BatchNormLayer(LayerEntry):
-    type: Literal["batch_norm"]
-    """batch_norm: batch normalization."""
-    momentum: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
-    """Weight of the old value in the moving mean and variance used at inference (Keras's default
-    0.99; 0.9, PyTorch's default, suits runs of a few thousand steps)."""
-
-    def output(self, shape: Shape) -> tuple[Shape, int, int]:
-        return shape, BATCH_NORM_WEIGHTS * shape[-1], 0
-
-    @property
-    def summary(self) -> str:
-        return "bn"
-
-    def build(self, input_shape: Shape, name: str, is_output: bool) -> Any:
-        layers = keras_layers()
-        return layers.BatchNormalization(momentum=self.momentum, name=name)
-
-
-class ActivationLayer(LayerEntry):
-    """A bare activation, for conv (activation linear) -> batch_norm -> activation orderings."""
-
-    type: Literal["activation"]
-    """activation: a bare activation."""
-    activation: Literal[ACTIVATIONS]
-    """The activation function."""
-
-    @property
-    def summary(self) -> str:
-        return self.activation
-
-    def build(self, input_shape: Shape, name: str, is_output: bool) -> Any:
-        layers = keras_layers()
-        return layers.Activation(self.activation, name=name)
-
-
-class GlobalAvgPoolLayer(LayerEntry):
-    type: Literal["global_avg_pool"]
-    """global_avg_pool: the mean of each feature map, (height, width, channels) to (channels)."""
+class PoolLayer(LayerEntry):
+    type: Literal["max_pool", "avg_pool"]
+    """max_pool or avg_pool: the maximum or the mean of each window."""
+    pool_size: PositiveInt = 2
+    """Height and width of the pooling window, in pixels."""
+    strides: PositiveInt | None = None
+    """Step of the window; null: the pool size (Keras's default)."""
+    padding: Literal["same", "valid"] = "valid"
+    """valid: windows that fit only; same: pad so that every pixel is covered."""
     needs_image: ClassVar[bool] = True
 
     def output(self, shape: Shape) -> tuple[Shape, int, int]:
-        return (shape[-1],), 0, 0
+        stride = self.strides or self.pool_size
+        height, width = window_output(shape, self.pool_size, stride, self.padding, "pool_size")
+        return (height, width, shape[2]), 0, 0
 
     @property
     def summary(self) -> str:
-        return "gap"
+        return f"{self.type.replace('_', '')}{self.pool_size}"
+
+    @property
+    def description(self) -> str:
+        return f"{self.type.replace('_', ' ')} {self.pool_size}x{self.pool_size}"
 
     def build(self, input_shape: Shape, name: str, is_output: bool) -> Any:
         layers = keras_layers()
-        return layers.GlobalAveragePooling2D(name=name)
+        pool_class = layers.MaxPooling2D if self.type == "max_pool" else layers.AveragePooling2D
+        return pool_class(self.pool_size, strides=self.strides, padding=self.padding, name=name)
 
 
 class ResidualLayer(LayerEntry):
