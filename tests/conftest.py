@@ -347,19 +347,21 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
 
 
 @pytest.fixture
-def small_tmpfs() -> Iterator[Callable[[Path, str], None]]:
-    """mount(folder, size): a tmpfs of `size` (e.g. "64k") over `folder`, owned by this user, unmounted after.
+def small_tmpfs() -> Iterator[Callable[..., None]]:
+    """mount(folder, size, read_only=False): a tmpfs of `size` (e.g. "64k") over `folder`, owned by this
+    user, unmounted after; read_only mounts it empty and read-only (a read-only disk: chmod does not
+    stop root).
 
     Mounting needs root, or passwordless sudo, and the mount permission (a container needs
     CAP_SYS_ADMIN); where it is refused, a missing requirement.
     """
     mounted: list[tuple[list[str], Path]] = []
 
-    def mount(folder: Path, size: str) -> None:
+    def mount(folder: Path, size: str, read_only: bool = False) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         # Not root: sudo -n, which fails at once instead of asking for a password.
         prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
-        options = f"size={size},uid={os.getuid()},gid={os.getgid()}"
+        options = ("ro," if read_only else "") + f"size={size},uid={os.getuid()},gid={os.getgid()}"
         command = [*prefix, "mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)]
         try:
             result = subprocess.run(command, capture_output=True, text=True, check=False)

@@ -42,6 +42,12 @@ GROUPS = {
     "test_mlflow_server.py": "Tracking server",
     "test_reliability.py": "Full disks and interruptions",
     "test_faults.py": "Full disks and interruptions",
+    "test_project_files.py": "Run folders, DVC's files and ports",
+    "test_tracking_store.py": "The run history (mlflow.db)",
+    "test_backup_runs.py": "The run history (mlflow.db)",
+    "test_verdict.py": "Runs that learned nothing",
+    "test_race.py": "Race config",
+    "test_report_docs.py": "Docs generated from reports",
 }
 
 HEADER = """# Reliability

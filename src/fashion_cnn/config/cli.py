@@ -140,9 +140,12 @@ def stage_main(task: Callable[[Any, paths.ProjectPaths], Any]) -> Callable[[], N
             sys.exit(1)
         register_stage_config(project.root)
 
+        jobs_started: list[float] = []
+
         @hydra.main(version_base="1.3", config_path=None, config_name=STAGE_CONFIG_NAME)
         def hydra_app(cfg: DictConfig) -> None:
             job_started = time.perf_counter()
+            jobs_started.append(job_started)
             try:
                 config = validate(to_plain_dict(cfg), schema)
                 work_started = time.perf_counter()
@@ -169,8 +172,34 @@ def stage_main(task: Callable[[Any, paths.ProjectPaths], Any]) -> Callable[[], N
                 raise
             print(f"error: {format_override_error(error, raw_params, schema)}", file=sys.stderr)
             sys.exit(1)
+        except OSError as error:
+            # Before the stage's job starts, Hydra only creates its run folder and writes .hydra/ there.
+            if jobs_started or error.filename is None or user_wants_full_error:
+                raise
+            print(f"error: {hydra_folder_error(error)}", file=sys.stderr)
+            sys.exit(1)
 
     return entry
+
+
+def hydra_folder_error(error: OSError) -> str:
+    """One line for Hydra's run folder (hydra.run.dir, by default outputs/<date>/<time> in the project;
+    hydra.sweep.dir under -m) that cannot be created or written: the stage has not started."""
+    folder = Path(os.path.abspath(error.filename))
+    setting = "hydra.sweep.dir" if {"-m", "--multirun"} & set(sys.argv[1:]) else "hydra.run.dir"
+    elsewhere = f"or choose another folder with {setting}=<folder>; the stage did not start"
+    # From the root down: a file where a folder of the path must be, e.g. `outputs` a regular file.
+    for path in reversed([folder, *folder.parents]):
+        if path.exists() and not path.is_dir():
+            return (
+                f"{folder}: Hydra cannot create its run folder: {path} is a file, not a folder "
+                f"({error.strerror}); move it aside, {elsewhere}"
+            )
+    existing = next(path for path in [folder, *folder.parents] if path.exists())
+    return (
+        f"{folder}: Hydra cannot create its run folder ({error.strerror}); make {existing} writable, "
+        f"{elsewhere}"
+    )
 
 
 def run_cli(action: Callable[[], str]) -> int:

@@ -39,8 +39,8 @@ class Setup:
 
 def set_up(config: ProjectConfig, project: paths.ProjectPaths) -> Setup:
     """The device (a GPU asked for but absent is an error), a model and batch that would not fit in
-    memory, the strategy and settings, the data (read once), and a steps_per_execution that does not
-    divide an epoch."""
+    memory, the strategy and settings, the data (read once), a steps_per_execution that does not
+    divide an epoch, and a checkpoint folder that cannot be written."""
     device = runtime.select_device(config.train.device, config.train.inter_op_threads)
     if warning := memory_check.check_memory(config):
         log.warning("%s", warning)
@@ -51,6 +51,9 @@ def set_up(config: ProjectConfig, project: paths.ProjectPaths) -> Setup:
     validation_split = load_split(project.prepared_dir, "validation")
     steps = recipe.steps_per_epoch(len(train_split.labels), settings.global_batch_size)
     recipe.check_steps_per_execution(steps, config.train.steps_per_execution)
+    # Resuming covers single-process training only (train); its folder is checked before any epoch.
+    if config.train.checkpoint and strategy is None:
+        checkpoint.check_writable(project.train_checkpoint_dir)
     return Setup(settings, strategy, train_split, validation_split)
 
 

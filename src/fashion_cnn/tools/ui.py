@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -31,6 +32,23 @@ def runs_table_lines(project: paths.ProjectPaths, base_url: str) -> list[str]:
         experiment_id = runs.use_experiment(project, name)
         lines.append(f"{name}: {runs.runs_table_url(base_url, experiment_id)}")
     return lines
+
+
+def check_port_free(port: int) -> None:
+    """A FashionCnnError when 127.0.0.1:port cannot be listened on: said before the runs tables'
+    addresses are printed, not by the server after them (it then exits 0, and the addresses may lead
+    to whatever holds the port)."""
+    with socket.socket() as probe:
+        # As the server binds: a port some closed connection still waits on is free to it.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((HOST, port))
+        except OSError as error:
+            raise FashionCnnError(
+                f"cannot listen on {HOST}:{port} ({error.strerror or error}); another program (another "
+                "`make ui`?) has it: stop it, or choose another port: make ui MLFLOW_PORT=<port> (or "
+                "--port <port>)"
+            ) from None
 
 
 def server_command(project: paths.ProjectPaths, port: int) -> list[str]:
@@ -57,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     base_url = f"http://{HOST}:{arguments.port}"
     try:
+        check_port_free(arguments.port)
         lines = runs_table_lines(project, base_url)
     except FashionCnnError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -12,12 +12,14 @@ epoch's order is drawn from (seed, epoch), and `completed_epochs` tells the inpu
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -118,6 +120,23 @@ def check_state(state_file: Path, epochs: int, weights_file: Path, hint: str) ->
             f"{weights_file}: {problem}: its SHA-256 differs from the one {state_file.name} recorded when "
             f"it was saved; {hint}"
         )
+
+
+def check_writable(directory: Path) -> None:
+    """A FashionCnnError unless the checkpoint can be saved in `directory` (a read-only disk, a file
+    in its place): found before the first epoch, not at its end. The probe is an empty folder made and
+    removed in `directory` or, before its first run, in its nearest existing parent."""
+    existing = next(path for path in [directory, *directory.parents] if path.exists())
+    fix = "make it writable" if existing.is_dir() else f"move {existing} aside"
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+        os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=existing))
+    except OSError as error:
+        raise FashionCnnError(
+            f"{directory}: the training checkpoint cannot be saved there ({existing}: {error.strerror}); "
+            f"{fix}, or run with train.checkpoint=false (an interrupted run then starts over)"
+        ) from None
 
 
 def rebuild_hint(directory: Path) -> str:
