@@ -27,7 +27,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup dataset browser repro test test-slow reproduce reproduce-quick bench bench-startup bench-serve race race-spread \
-	recipe-sweep recipe-report recipe-finalist reproduce-recipe ui compare serve deps lint format clean
+	recipe-sweep recipe-report recipe-finalist reproduce-recipe ui compare backup-runs serve docs deps lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
