@@ -126,6 +126,8 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep every test off the repo's mlflow.db and out of the developer's mirror and root settings."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # An earlier in-process test's mlflow.set_tracking_uri() outlives it; the variable alone would not win.
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.delenv(fetch.MIRROR_ENV_VAR, raising=False)
     monkeypatch.delenv("FASHION_CNN_ROOT", raising=False)
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
