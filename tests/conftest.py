@@ -122,20 +122,32 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def _forget_mlflow_experiment() -> None:
+    """Drop the active experiment an in-process mlflow.set_experiment() left (module state and $MLFLOW_EXPERIMENT_ID).
+
+    A fresh store has no such experiment. MLflow has no public way to forget it.
+    """
+    mlflow.tracking.fluent._active_experiment_id = None
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+
+
 @pytest.fixture(autouse=True)
-def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Keep every test off the repo's mlflow.db and out of the developer's mirror and root settings."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    # An earlier in-process test's mlflow.set_tracking_uri() outlives it; the variable alone would not win.
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    # An in-process mlflow.set_tracking_uri() outlives its test; the variable alone would not win.
+    mlflow.set_tracking_uri(store)
+    _forget_mlflow_experiment()
     monkeypatch.delenv(fetch.MIRROR_ENV_VAR, raising=False)
     monkeypatch.delenv("FASHION_CNN_ROOT", raising=False)
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     monkeypatch.setenv("PATH", f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    # An in-process test's mlflow.set_experiment() is global (module state and $MLFLOW_EXPERIMENT_ID):
-    # the next test's fresh store has no such experiment. MLflow has no public way to forget it.
-    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    yield
+    # Leave no global MLflow state behind for the next module-scoped fixture, which runs before
+    # this fixture's next setup (the damaged-files template trained into another test's store).
+    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # None is MLflow's "not set"
+    _forget_mlflow_experiment()
 
 
 # ---- temp copies of the project ----

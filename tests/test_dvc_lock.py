@@ -25,6 +25,7 @@ import pytest
 import yaml
 from dvc.fs import LocalFileSystem
 from dvc.ignore import DvcIgnoreFilter
+from dvc.utils.serialize import loads_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PARAMS_FILE = "params.yaml"
@@ -38,6 +39,11 @@ def file_md5(path: Path) -> str:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file as DVC reads it: YAML 1.2, where `off` and `no` are strings (PyYAML's 1.1 makes them False)."""
+    return loads_yaml(path.read_text())
 
 
 def directory_md5(root: Path, directory: Path) -> str:
@@ -131,7 +137,7 @@ def stage_changes(
     params_trees: dict[str, Any] = {}
     for params_file, key in declared:
         if params_file not in params_trees:
-            params_trees[params_file] = yaml.safe_load((root / params_file).read_text()) or {}
+            params_trees[params_file] = read_yaml(root / params_file) or {}
         if (params_file, key) not in locked_params:
             changes["params not in the lock"].append(key)
         elif lookup(params_trees[params_file], key) != locked_params[(params_file, key)]:
@@ -144,9 +150,9 @@ def stage_changes(
 
 def stale_stages(root: Path) -> list[str]:
     """One line per stage whose lock entry is stale: what changed, and the fix."""
-    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    stages = read_yaml(root / "dvc.yaml")["stages"]
     lock_path = root / "dvc.lock"
-    lock = yaml.safe_load(lock_path.read_text()) if lock_path.exists() else {}
+    lock = read_yaml(lock_path) if lock_path.exists() else {}
     outputs = output_paths(stages)
     lines = []
     for name, stage in stages.items():
@@ -177,7 +183,7 @@ def outputs_by_caching(stages: dict[str, Any]) -> dict[bool, list[str]]:
 
 def test_every_output_is_committed_or_ignored() -> None:
     """`cache: false` outputs are committed records; cached ones are git-ignored; none is left untracked."""
-    outputs = outputs_by_caching(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
+    outputs = outputs_by_caching(read_yaml(ROOT / "dvc.yaml")["stages"])
 
     def git(*arguments: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["git", *arguments], cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -193,13 +199,14 @@ def test_every_output_is_committed_or_ignored() -> None:
 
 
 # A fake project: two stages, code as a file and a folder (with a .dvcignore'd __pycache__), params
-# as whole sections and single keys, and a stage that reads the other's output.
+# as whole sections and single keys (one the string "off", which DVC writes unquoted into the lock),
+# and a stage that reads the other's output.
 FAKE_DVC_YAML = {
     "stages": {
         "make": {
             "cmd": "cat src/main.py src/package/part.py > result.txt",
             "deps": ["src/main.py", "src/package"],
-            "params": ["size", "train.rate"],
+            "params": ["size", "train.rate", "train.mode"],
             "outs": ["result.txt"],
         },
         "count": {
@@ -234,7 +241,7 @@ def locked_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (project / "src" / "package" / "part.py").write_text("PART = 1\n")
     (project / "src" / "package" / "__pycache__" / "part.cpython-311.pyc").write_bytes(b"\x00compiled")
     (project / ".dvcignore").write_text("__pycache__/\n")
-    (project / "params.yaml").write_text("size: 3\ntrain:\n  rate: 0.1\n  epochs: 2\n")
+    (project / "params.yaml").write_text('size: 3\ntrain:\n  rate: 0.1\n  epochs: 2\n  mode: "off"\n')
     (project / "other.yaml").write_text("name: fake\n")
     (project / "dvc.yaml").write_text(yaml.safe_dump(FAKE_DVC_YAML, sort_keys=False))
     dvc(project, "init", "--no-scm", "-q")
