@@ -55,8 +55,9 @@ HEADER = """# Reliability
 Every bad input and fault the tests check, what you see when it happens, and the test that checks
 it: the project's promise. Generated from the tests' `reliability(case, sees)` markers by
 `python -m tests.reliability_doc`; `tests/test_reliability_doc.py` fails when this page and the
-tests differ. Tests marked slow run in `make test-slow`, the others in `make test`. Back to the
-[README](../README.md).
+tests differ. Tests marked slow run in `make test-slow`, the others in `make test`. What the load
+tests measured (the burst's connections, answers and p99) is in
+[Serving: what the tests check](serving.md#what-the-tests-check). Back to the [README](../README.md).
 """
 
 
