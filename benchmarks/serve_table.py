@@ -56,8 +56,12 @@ def format_table(report: dict[str, Any]) -> str:
     for clients, before in baseline.items():
         after = candidate[clients]
         ratio = after["requests_per_second"] / max(before["requests_per_second"], 1e-9)
-        failed = sum(level["failures"] for level in (before, after))
-        failed_note = f" ({failed} failed)" if failed else ""
+        failed = [
+            f"{name} {level['failures']}"
+            for name, level in (("today", before), ("now", after))
+            if level["failures"]
+        ]
+        failed_note = f" (failed: {', '.join(failed)})" if failed else ""
         lines.append(
             f"| {clients} | {number(before['requests_per_second'])} | {number(before['p50_ms'], 1)} | "
             f"{number(before['p99_ms'], 1)} | {number(after['requests_per_second'])} | "
