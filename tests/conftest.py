@@ -123,7 +123,7 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 
 
 def _forget_mlflow_experiment() -> None:
-    """Drop the active experiment an in-process mlflow.set_experiment() left (module state and $MLFLOW_EXPERIMENT_ID).
+    """Drop the experiment an in-process mlflow.set_experiment() left (module state, $MLFLOW_EXPERIMENT_ID).
 
     A fresh store has no such experiment. MLflow has no public way to forget it.
     """

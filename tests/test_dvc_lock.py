@@ -42,7 +42,7 @@ def file_md5(path: Path) -> str:
 
 
 def read_yaml(path: Path) -> Any:
-    """A YAML file as DVC reads it: YAML 1.2, where `off` and `no` are strings (PyYAML's 1.1 makes them False)."""
+    """A YAML file as DVC reads it: YAML 1.2, where `off` and `no` are strings (PyYAML, YAML 1.1: False)."""
     return loads_yaml(path.read_text())
 
 

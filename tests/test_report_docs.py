@@ -69,8 +69,9 @@ def test_a_changed_preset_changes_the_results_table(checkout: Path) -> None:
 
 def test_a_value_marker_quotes_its_report(reports: report_docs.Reports) -> None:
     page = "accuracy <!-- value: reports/metrics.json test.accuracy .3f -->old<!-- end -->."
+    quoted = f"{reports.json('reports/metrics.json')['test']['accuracy']:.3f}"  # the committed record's
     assert report_docs.render_page(page, reports, Path("page.md")) == (
-        "accuracy <!-- value: reports/metrics.json test.accuracy .3f -->0.901<!-- end -->."
+        f"accuracy <!-- value: reports/metrics.json test.accuracy .3f -->{quoted}<!-- end -->."
     )
 
 
