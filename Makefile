@@ -22,12 +22,16 @@ STARTUP_ARGS ?=
 SERVE_BENCH_ARGS ?=
 # Port of `make serve`, the trained model's HTTP endpoint (bound to 127.0.0.1 only; 0 picks a free port).
 SERVE_PORT ?= 5001
+# The model `make serve` serves: empty for data/model/model.keras, or a registered one, models:/fashion-cnn@champion.
+MODEL ?=
+# Options of `make promote` (python -m fashion_cnn.tools.promote -h): --best, --version N, --list, --alias NAME.
+PROMOTE_ARGS ?= --best
 # Stage commands in dvc.yaml run `python`: make it the project's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup dataset browser repro test test-slow reproduce reproduce-quick bench bench-startup bench-serve race race-spread \
-	recipe-sweep recipe-report recipe-finalist reproduce-recipe ui compare backup-runs serve docs deps lint format clean
+	recipe-sweep recipe-report recipe-finalist reproduce-recipe ui compare backup-runs serve promote docs deps lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -111,8 +115,11 @@ compare: setup ## Table of the latest training runs: params that differ, test ac
 backup-runs: setup ## Back up the run history (mlflow.db with SQLite's online backup, and mlartifacts/) to backups/runs-<time>; restoring: docs/tracking.md
 	python -m fashion_cnn.tools.backup_runs
 
-serve: setup ## Serve data/model/model.keras (refused if it carries code) on http://127.0.0.1:$SERVE_PORT (default 5001): POST raw 28x28 pixels 0-255 as JSON to /invocations
-	python -m fashion_cnn.tools.serve --port $(SERVE_PORT)
+serve: setup ## Serve data/model/model.keras, or MODEL=models:/<name>@<alias>, (refused if it carries code) on http://127.0.0.1:$SERVE_PORT (default 5001): POST raw 28x28 pixels 0-255 as JSON to /invocations
+	python -m fashion_cnn.tools.serve --port $(SERVE_PORT) $(if $(MODEL),--model $(MODEL))
+
+promote: setup ## Point the registered model's alias champion at the best version by validation accuracy (PROMOTE_ARGS="--version 3", "--list")
+	python -m fashion_cnn.tools.promote $(PROMOTE_ARGS)
 
 .PHONY: docs
 docs: setup ## Regenerate docs/params.md (params schema), docs/reliability.md (tests' markers) and the README's and docs' numbers (reports/)

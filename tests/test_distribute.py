@@ -109,9 +109,7 @@ def make_tiny_project(destination: Path, repo_root: Path) -> Path:
     splits, mean, std = data.split_and_standardize(
         *tiny_arrays(test_count=100), data_config.model_copy(update={"validation_size": 200})
     )
-    for name, split in splits.items():
-        data.save_npz(destination / "data/prepared" / f"{name}.npz", images=split.images, labels=split.labels)
-    data.save_npz(destination / "data/prepared" / data.STATS_FILE, mean=mean, std=std)
+    data.save_prepared(destination / "data/prepared", splits, mean, std)
     return destination
 
 

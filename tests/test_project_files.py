@@ -96,9 +96,7 @@ def test_an_unwritable_checkpoint_folder_stops_train_before_the_first_epoch(
     splits, mean, std = data.split_and_standardize(
         *tiny_arrays(test_count=100), config.data.model_copy(update={"validation_size": 200})
     )
-    for name, split in splits.items():
-        data.save_npz(project / "data/prepared" / f"{name}.npz", images=split.images, labels=split.labels)
-    data.save_npz(project / "data/prepared" / data.STATS_FILE, mean=mean, std=std)
+    data.save_prepared(project / "data/prepared", splits, mean, std)
     for name in ("data/model/model.keras", "data/model/mlflow_run.json", "reports/train/metrics.json"):
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         (project / name).write_text(f"the previous run's {name}")

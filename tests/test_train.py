@@ -22,6 +22,7 @@ from stage_runner import StageResult, run_stage, stage_command
 
 from fashion_cnn.data import splits as data
 from fashion_cnn.evaluation import scores
+from fashion_cnn.serving import classifier
 from fashion_cnn.training import trained_model
 from fashion_cnn.training.config import ProjectConfig
 from fashion_cnn.utils import progress, quiet
@@ -43,9 +44,7 @@ def tiny_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     raw_config = ProjectConfig.from_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
     data_config = raw_config.data.model_copy(update={"validation_size": 200})
     splits, mean, std = data.split_and_standardize(*tiny_arrays(), data_config)
-    for name, split in splits.items():
-        data.save_npz(project / "data" / "prepared" / f"{name}.npz", images=split.images, labels=split.labels)
-    data.save_npz(project / "data" / "prepared" / data.STATS_FILE, mean=mean, std=std)
+    data.save_prepared(project / "data" / "prepared", splits, mean, std)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("FASHION_CNN_ROOT", raising=False)
@@ -115,9 +114,34 @@ def test_train_and_evaluate_log_one_complete_run(tiny_project: Path):
     }
     assert run.data.tags["evaluate.test_split_sha256"] == inputs["test_split"]["sha256"]
 
+    # The logged model takes raw pixels, as its signature and input example say, and answers what
+    # predict and serve answer (the same model file, loaded through the project's checks).
     logged = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
-    test_images = data.load_split(tiny_project / "data/prepared", "test").images[:2]
-    assert np.asarray(logged.predict(test_images)).shape == (2, 10)
+    pixels = data.load_pixels(tiny_project / "data/prepared", "test").images[:50]  # (50, 28, 28, 1), 0..255
+    assert pixels.max() > 200
+    project_model = classifier.load_classifier(tiny_project / "data/model/model.keras")
+    expected = project_model.probabilities(pixels[..., 0])
+    np.testing.assert_allclose(np.asarray(logged.predict(pixels)), expected, atol=1e-5)
+    inputs_schema = logged.metadata.get_input_schema().inputs[0]
+    assert tuple(inputs_schema.shape) == (-1, 28, 28, 1)
+    example = logged.metadata.load_input_example(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model"))
+    assert np.asarray(example).max() > 100  # grey levels, not standardized values
+    # The standardization is the model's first layer: fed standardized images, it would be wrong.
+    standardized = data.load_split(tiny_project / "data/prepared", "test").images[:50]
+    assert not np.allclose(np.asarray(logged.predict(standardized)), expected, atol=1e-2)
+
+    # Evaluate registered the run's model as a version of the experiment's registered model.
+    experiment = mlflow.get_experiment(run.info.experiment_id).name
+    [version] = mlflow.MlflowClient().search_model_versions(f"name = '{experiment}'")
+    assert version.run_id == run_id
+    assert version.tags["test_accuracy"] == str(metrics["test"]["accuracy"])
+    assert version.tags["validation_accuracy"] == str(metrics["validation"]["accuracy"])
+    assert version.tags["model_sha256"] == inputs["model"]["sha256"]
+    prepared_train = (tiny_project / "data/prepared/train.npz").read_bytes()
+    assert version.tags["train_data_sha256"] == hashlib.sha256(prepared_train).hexdigest()
+    # Evaluating again keeps one version per run.
+    checked(run_stage("evaluate", *TINY_RUN, cwd=tiny_project, timeout=600))
+    assert len(mlflow.MlflowClient().search_model_versions(f"name = '{version.name}'")) == 1
 
 
 def test_same_seed_gives_identical_metrics_and_another_seed_does_not(tiny_project: Path):

@@ -89,9 +89,7 @@ def test_a_training_that_learned_nothing_fails_and_keeps_the_previous_model(
     splits, mean, std = data.split_and_standardize(
         *tiny_arrays(test_count=100), config.data.model_copy(update={"validation_size": 200})
     )
-    for name, split in splits.items():
-        data.save_npz(project / "data/prepared" / f"{name}.npz", images=split.images, labels=split.labels)
-    data.save_npz(project / "data/prepared" / data.STATS_FILE, mean=mean, std=std)
+    data.save_prepared(project / "data/prepared", splits, mean, std)
     # The previous run's outputs: any bytes do, train never reads them.
     for name in ("data/model/model.keras", "data/model/mlflow_run.json", "reports/train/metrics.json"):
         (project / name).parent.mkdir(parents=True, exist_ok=True)

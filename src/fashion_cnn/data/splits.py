@@ -22,16 +22,32 @@ STATS_FILE = "standardization.npz"
 
 @dataclass(frozen=True)
 class Split:
-    """Standardized images (count, 28, 28, 1) float32 and their labels (count,) uint8."""
+    """Images (count, 28, 28, 1) float32 and their labels (count,) uint8.
+
+    The images are standardized (load_split: what the model's layers train on) or grey levels 0..255
+    (load_pixels: what the saved model takes); split_and_standardize also keeps the original uint8
+    pixels (count, 28, 28), which prepare saves beside the standardized images.
+    """
 
     images: np.ndarray
     labels: np.ndarray
+    pixels: np.ndarray | None = None
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:
     """Save arrays to an uncompressed .npz, atomically."""
     with atomic_path(path) as temp_path, open(temp_path, "wb") as file:
         np.savez(file, **arrays)
+
+
+def save_prepared(prepared_dir: Path, splits: dict[str, Split], mean: np.ndarray, std: np.ndarray) -> None:
+    """Write each split (standardized images, labels and original pixels) and the statistics."""
+    for name, split in splits.items():
+        arrays = {"images": split.images, "labels": split.labels}
+        if split.pixels is not None:
+            arrays["pixels"] = split.pixels
+        save_npz(prepared_dir / f"{name}.npz", **arrays)
+    save_npz(prepared_dir / STATS_FILE, mean=mean, std=std)
 
 
 # What the messages about a damaged file say to do.
@@ -88,6 +104,19 @@ def load_split(prepared_dir: Path, name: str) -> Split:
     path = prepared_dir / f"{name}.npz"
     arrays = load_npz(path, ("images", "labels"))
     return check_split(Split(arrays["images"], arrays["labels"]), path)
+
+
+def load_pixels(prepared_dir: Path, name: str) -> Split:
+    """One prepared split as grey levels 0..255, (count, 28, 28, 1) float32: what the saved model takes."""
+    path = prepared_dir / f"{name}.npz"
+    arrays = load_npz(path, ("pixels", "labels"))
+    pixels = arrays["pixels"]
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
+        raise DataError(
+            f"{path}: pixels must be uint8 of shape (count, 28, 28), got {pixels.dtype} {pixels.shape}; "
+            f"{PREPARED_REBUILD}"
+        )
+    return check_split(Split(pixels[..., np.newaxis].astype(np.float32), arrays["labels"]), path)
 
 
 def load_standardization(prepared_dir: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -166,6 +195,7 @@ def split_and_standardize(
         name: Split(
             ((images.astype(np.float32) - mean) / std)[..., np.newaxis],  # (count, 28, 28, 1)
             labels.astype(np.uint8),
+            images.astype(np.uint8),
         )
         for name, (images, labels) in raw.items()
     }

@@ -1,8 +1,8 @@
 """The trained model as a classifier of raw 28x28 grey images: one path for predict and serve.
 
 The model is loaded by trained_model.load_model (which refuses a file that carries code, loads in Keras
-safe mode and checks that it takes (28, 28, 1) images and gives 10 scores), and fed images
-standardized with the training statistics (data/prepared/standardization.npz).
+safe mode and checks that it takes (28, 28, 1) grey levels and gives 10 scores). It carries the
+training split's standardization itself (model/standardization.py): images go in as they are, 0..255.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import numpy as np
 
 from fashion_cnn import CLASS_NAMES
 from fashion_cnn.data.idx import IMAGE_SIDE
-from fashion_cnn.data.splits import STATS_FILE, load_standardization
-from fashion_cnn.errors import DataError
 from fashion_cnn.training import trained_model
 from fashion_cnn.utils import records
 
@@ -26,17 +24,12 @@ BATCH_SIZE = 256
 REBUILD_HINT = trained_model.REBUILD_HINT
 
 
-def preprocess(images: Sequence[np.ndarray] | np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """Standardize (count, 28, 28) images of 0..255 with the training statistics: (count, 28, 28, 1)."""
+def as_batch(images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+    """(count, 28, 28) grey levels 0..255 as the model's input, (count, 28, 28, 1) float32."""
     batch = np.asarray(images, dtype=np.float32)
-    expected = (IMAGE_SIDE, IMAGE_SIDE)
-    if batch.ndim != 3 or batch.shape[1:] != expected:
+    if batch.ndim != 3 or batch.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
         raise ValueError(f"images must have shape (count, 28, 28), got {batch.shape}")
-    if mean.shape != (1, *expected) or std.shape != (1, *expected):
-        raise DataError(
-            f"{STATS_FILE}: mean and std must have shape (1, 28, 28), got {mean.shape} and {std.shape}"
-        )
-    return ((batch - mean) / std)[..., np.newaxis].astype(np.float32)  # (count, 28, 28, 1)
+    return batch[..., np.newaxis]
 
 
 def eager_forward(model: Any) -> Callable[[np.ndarray], Any]:
@@ -45,7 +38,7 @@ def eager_forward(model: Any) -> Callable[[np.ndarray], Any]:
 
 
 def probabilities_of(forward: Callable[[np.ndarray], Any], batch: np.ndarray) -> np.ndarray:
-    """(count, 10) float64 class probabilities of standardized images (count, 28, 28, 1)."""
+    """(count, 10) float64 class probabilities of images (count, 28, 28, 1) of grey levels 0..255."""
     import keras
 
     outputs = [
@@ -73,7 +66,7 @@ def top_classes(probabilities: np.ndarray, top_k: int = 3) -> list[list[dict[str
 
 
 def predict(model: Any, batch: np.ndarray, top_k: int = 3) -> list[list[dict[str, Any]]]:
-    """The top-k classes of each standardized image (count, 28, 28, 1), most probable first."""
+    """The top-k classes of each image (count, 28, 28, 1) of grey levels 0..255, most probable first."""
     if len(batch) == 0:
         return []
     return top_classes(probabilities_of(eager_forward(model), batch), top_k)
@@ -81,32 +74,27 @@ def predict(model: Any, batch: np.ndarray, top_k: int = 3) -> list[list[dict[str
 
 @dataclass(frozen=True)
 class Classifier:
-    """A checked model and the training statistics its inputs are standardized with."""
+    """A checked model of raw pixels and where it was loaded from."""
 
     model_path: Path
-    model: Any  # keras.Model taking (count, 28, 28, 1)
-    mean: np.ndarray  # (1, 28, 28)
-    std: np.ndarray  # (1, 28, 28)
+    model: Any  # keras.Model taking (count, 28, 28, 1) grey levels 0..255
 
     def probabilities(
         self, images: np.ndarray, forward: Callable[[np.ndarray], Any] | None = None
     ) -> np.ndarray:
         """(count, 10) probabilities of raw (count, 28, 28) images of grey levels 0..255.
 
-        `forward` runs the model on standardized images (default: the model called eagerly).
+        `forward` runs the model on (count, 28, 28, 1) batches (default: the model called eagerly).
         """
-        batch = preprocess(images, self.mean, self.std)
-        return probabilities_of(forward or eager_forward(self.model), batch)
+        return probabilities_of(forward or eager_forward(self.model), as_batch(images))
 
     def classify(self, images: np.ndarray, top_k: int = 3) -> list[list[dict[str, Any]]]:
         """The top-k classes of raw (count, 28, 28) images of grey levels 0..255."""
-        return predict(self.model, preprocess(images, self.mean, self.std), top_k)
+        return predict(self.model, as_batch(images), top_k)
 
 
-def load_classifier(model_path: Path, prepared_dir: Path) -> Classifier:
-    """The checked model and the statistics, or a DataError naming the file that is wrong."""
-    # The model file is checked first, before the statistics are read (load_model reads it after).
+def load_classifier(model_path: Path) -> Classifier:
+    """The checked model, or a DataError naming the file and what is wrong with it."""
     records.check_file(model_path, REBUILD_HINT)
-    mean, std = load_standardization(prepared_dir)
-    # No code from the file, safe mode, and a model that takes (28, 28, 1) images and gives 10 scores.
-    return Classifier(model_path, trained_model.load_model(model_path), mean, std)
+    # No code from the file, safe mode, and a model that takes (28, 28, 1) grey levels and gives 10 scores.
+    return Classifier(model_path, trained_model.load_model(model_path))

@@ -1,8 +1,10 @@
 """Stage evaluate: test metrics, per-class scores and the confusion matrix of the trained model.
 
-It scores the model in data/model (fashion_cnn.evaluation.scores), keeps what the model computed for the
-figures of what it learned (data/evaluate/model_outputs.npz, fashion_cnn.evaluation.model_outputs) and logs
-into that model's MLflow run.
+It scores the model in data/model (fashion_cnn.evaluation.scores) on the test split's raw pixels, keeps
+what the model computed for the figures of what it learned (data/evaluate/model_outputs.npz,
+fashion_cnn.evaluation.model_outputs), logs into that model's MLflow run and registers the run's logged
+model as a new version of the registered model named after its experiment, tagged with its accuracy and
+data (fashion_cnn.tracking.registry).
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ import numpy as np
 
 from fashion_cnn import CLASS_NAMES
 from fashion_cnn.config.cli import stage_main
-from fashion_cnn.data.splits import load_split
+from fashion_cnn.data.splits import load_pixels
 from fashion_cnn.evaluation import model_outputs, scores
 from fashion_cnn.figures import plotting
-from fashion_cnn.tracking import record
+from fashion_cnn.tracking import record, registry
 from fashion_cnn.training import trained_model
 from fashion_cnn.training.config import ProjectConfig
 from fashion_cnn.utils import paths, records
@@ -25,7 +27,8 @@ def evaluate(project: paths.ProjectPaths) -> dict:
     """Score the model on the test split, write reports/metrics.json and reports/evaluate/."""
     print(f"evaluating {project.model_file} on the test split", flush=True)
     model = trained_model.load_model(project.model_file)
-    test_split = load_split(project.prepared_dir, "test")
+    # The saved model takes grey levels 0..255, as users give it: the test split's original pixels.
+    test_split = load_pixels(project.prepared_dir, "test")
     inputs = scores.input_record(project)
     test = scores.score(model, test_split)
     train_metrics = trained_model.read_train_metrics(project)
@@ -81,6 +84,16 @@ def evaluate(project: paths.ProjectPaths) -> dict:
         ],
         "evaluate",
     )
+    registered = registry.register_active_run(
+        {
+            "test_accuracy": str(report["test"]["accuracy"]),
+            registry.VALIDATION_TAG: str(report["validation"]["accuracy"]),
+            "train_data_sha256": records.sha256(project.prepared_dir / "train.npz"),
+            "test_data_sha256": inputs["test_split"]["sha256"],
+            "model_sha256": inputs["model"]["sha256"],
+        }
+    )
+    print(registered, flush=True)
     return report
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from fashion_cnn.config.cli import stage_main
 from fashion_cnn.config.sections import DataConfig, DataStageConfig
 from fashion_cnn.data import splits as data
-from fashion_cnn.data.splits import STATS_FILE, save_npz
 from fashion_cnn.tracking import record, runs
 from fashion_cnn.utils import atomic, paths
 
@@ -25,9 +24,7 @@ def prepare(raw_dir: Path, prepared_dir: Path, data_config: DataConfig) -> dict[
     )
     # All four files or none: an interrupted prepare never leaves new splits beside old statistics.
     with atomic.together():
-        for name, split in splits.items():
-            save_npz(prepared_dir / f"{name}.npz", images=split.images, labels=split.labels)
-        save_npz(prepared_dir / STATS_FILE, mean=mean, std=std)
+        data.save_prepared(prepared_dir, splits, mean, std)
     sizes = {name: len(split.labels) for name, split in splits.items()}
     log.info("prepared %s", ", ".join(f"{name}: {size}" for name, size in sizes.items()))
     return sizes

@@ -1,9 +1,11 @@
 """Stage train: train the CNN described in params.yaml, on a GPU when there is one, tracked in MLflow.
 
-Read top to bottom: the machine and the data are set up and checked once (a refused run touches
-nothing), then, under the training lock and in the stage's MLflow run, the model is trained, its outputs
-saved (training/outputs.py) and logged, and the checkpoint discarded. Under a multi-worker strategy every
-worker runs this stage; the others train in step with the chief and write nothing (training/distribute.py).
+Read top to bottom: the machine and the data are set up and checked once (a refused run touches nothing),
+then, under the training lock and in the stage's MLflow run, the model is trained, put behind
+the training split's standardization (model/standardization.py: the saved model takes raw grey levels),
+its outputs saved (training/outputs.py) and logged, and the checkpoint discarded. Under a multi-worker
+strategy every worker runs this stage; the others train in step with the chief and write nothing
+(training/distribute.py).
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import keras
 import tensorflow as tf
 
 from fashion_cnn.config.cli import hydra_overrides, stage_main
-from fashion_cnn.data.splits import Split, load_split
+from fashion_cnn.data.splits import Split, load_pixels, load_split, load_standardization
 from fashion_cnn.errors import FashionCnnError
 from fashion_cnn.model.architecture import count_parameters
+from fashion_cnn.model.standardization import with_standardization
 from fashion_cnn.tracking import record, runs
 from fashion_cnn.training import checkpoint, distribute, loop, memory_check, outputs, recipe, runtime, verdict
 from fashion_cnn.training.config import ProjectConfig
@@ -35,6 +38,7 @@ class Setup:
     strategy: tf.distribute.Strategy | None
     train_split: Split
     validation_split: Split
+    standardization: tuple  # the training split's per-pixel mean and std, each (1, 28, 28)
 
 
 def set_up(config: ProjectConfig, project: paths.ProjectPaths) -> Setup:
@@ -49,12 +53,13 @@ def set_up(config: ProjectConfig, project: paths.ProjectPaths) -> Setup:
     settings = runtime.resolve_runtime(config.train, device, strategy)
     train_split = load_split(project.prepared_dir, "train")
     validation_split = load_split(project.prepared_dir, "validation")
+    standardization = load_standardization(project.prepared_dir)
     steps = recipe.steps_per_epoch(len(train_split.labels), settings.global_batch_size)
     recipe.check_steps_per_execution(steps, config.train.steps_per_execution)
     # Resuming covers single-process training only (train); its folder is checked before any epoch.
     if config.train.checkpoint and strategy is None:
         checkpoint.check_writable(project.train_checkpoint_dir)
-    return Setup(settings, strategy, train_split, validation_split)
+    return Setup(settings, strategy, train_split, validation_split, standardization)
 
 
 def train(
@@ -118,10 +123,13 @@ def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
         checkpoint.training_lock(project.train_lock_file),
         runs.stage_run(project, config, "train", name, config.tracking.experiment_name, overrides) as run,
     ):
-        model, rows, metrics = train(config, project, setup, task)
+        layers_model, rows, metrics = train(config, project, setup, task)
+        model = with_standardization(layers_model, *setup.standardization)
         summary = outputs.save(config, project, model, rows, metrics, run)
         loggable = distribute.plain_model(model, setup.strategy, project.model_file)
-        outputs.log(project, summary, metrics, loggable, setup.validation_split.images)
+        # The input example: the first validation images, as the saved model takes them.
+        examples = load_pixels(project.prepared_dir, "validation").images[:2]
+        outputs.log(project, summary, metrics, loggable, examples)
         distribute.wait_for_all_workers(setup.strategy)
         # Only now, with every output written, is the checkpoint no longer needed to resume.
         checkpoint.discard(project.train_checkpoint_dir)

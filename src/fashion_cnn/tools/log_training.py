@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from fashion_cnn.config.cli import run_cli
-from fashion_cnn.data.splits import load_split
+from fashion_cnn.data.splits import load_pixels
 from fashion_cnn.errors import FashionCnnError
 from fashion_cnn.tracking import query, record, runs
 from fashion_cnn.training import history, outputs, trained_model
@@ -28,8 +28,8 @@ def log_training(project: paths.ProjectPaths) -> str:
     totals = trained_model.read_train_metrics(project)
     summary = records.read_text(project.model_dir / outputs.SUMMARY_FILE, trained_model.REBUILD_HINT)
     model = trained_model.load_model(project.model_file)
-    # The input example train logged: the first validation images.
-    examples = load_split(project.prepared_dir, "validation").images[:2]  # (2, 28, 28, 1)
+    # The input example train logged: the first validation images, as grey levels.
+    examples = load_pixels(project.prepared_dir, "validation").images[:2]  # (2, 28, 28, 1)
     uri = recorded.tracking_uri
     runs.connect(uri)
     run = query.find_run(recorded.run_id)

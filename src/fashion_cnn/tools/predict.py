@@ -2,7 +2,8 @@
 
 Each file is read as a Fashion-MNIST image (28x28 grey, garment light on black); the model is loaded
 and used through fashion_cnn.serving.classifier, the same path as `make serve`, which refuses a model that
-carries code.
+carries code. `--model` takes a .keras file (default data/model/model.keras) or a registered model,
+`models:/<name>@<alias>` or `models:/<name>/<version>` (fashion_cnn.tracking.registry).
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fashion_cnn import CLASS_NAMES
 from fashion_cnn.data.idx import IMAGE_SIDE
-from fashion_cnn.data.splits import STATS_FILE
 from fashion_cnn.errors import DataError, FashionCnnError
 from fashion_cnn.serving import classifier
+from fashion_cnn.tracking import registry
 from fashion_cnn.utils import paths
 
 # A border brighter than mid-grey means a light background; Fashion-MNIST has light garments on black.
@@ -102,11 +103,9 @@ def load_image(path: Path) -> np.ndarray:
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 255.0)
 
 
-def classify_files(
-    image_paths: Sequence[Path], model_path: Path, prepared_dir: Path, top_k: int = 3
-) -> list[dict[str, Any]]:
+def classify_files(image_paths: Sequence[Path], model_path: Path, top_k: int = 3) -> list[dict[str, Any]]:
     """One result per file, in order: {"file", "predictions"} or {"file", "error"}."""
-    trained = classifier.load_classifier(model_path, prepared_dir)
+    trained = classifier.load_classifier(model_path)
     results: list[dict[str, Any]] = []
     images: dict[int, np.ndarray] = {}  # position in image_paths -> (28, 28) pixels
     for position, path in enumerate(image_paths):
@@ -132,18 +131,17 @@ def _top_k(text: str) -> int:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The command line: image files, output format, model and statistics locations."""
+    """The command line: image files, output format, the model."""
     parser = argparse.ArgumentParser(
         prog="python -m fashion_cnn.tools.predict",
         description="Classify PNG or JPEG photos of garments with the trained Fashion-MNIST model.",
     )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files to classify")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
-    parser.add_argument("--model", type=Path, help="the .keras model (default: data/model/model.keras)")
     parser.add_argument(
-        "--prepared-dir",
-        type=Path,
-        help=f"folder holding {STATS_FILE}, the training statistics (default: data/prepared)",
+        "--model",
+        help="a .keras file (default: data/model/model.keras) or a registered model: models:/<name>@<alias> "
+        "or models:/<name>/<version>, from $MLFLOW_TRACKING_URI (else the project's mlflow.db)",
     )
     parser.add_argument(
         "--top", type=_top_k, default=3, metavar="K", help="classes shown per image (default 3)"
@@ -163,14 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: 0 when every image was classified; 1 when any failed or the model was refused."""
     args = parse_args(argv)
     try:
-        model_path, prepared_dir = args.model, args.prepared_dir
-        if model_path is None or prepared_dir is None:
-            project = paths.project_paths()
-            model_path = model_path or project.model_file
-            prepared_dir = prepared_dir or project.prepared_dir
-        results = classify_files(args.images, model_path, prepared_dir, args.top)
+        with registry.model_file(args.model, paths.project_paths) as model_path:
+            results = classify_files(args.images, model_path, args.top)
     except FileNotFoundError as error:
-        print(f"error: {error}; or pass --model and --prepared-dir", file=sys.stderr)
+        print(f"error: {error}; or pass --model", file=sys.stderr)
         return 1
     except FashionCnnError as error:
         print(f"error: {error}", file=sys.stderr)

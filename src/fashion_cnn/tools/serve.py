@@ -7,11 +7,12 @@ without the outer list works too; "top" is optional, 1..10). The answer is predi
 GET /health (or /ping) answers {"status": "ok"}. A bad request gets 400 (411 without a length, 413 when too
 large, 408 when the body stalls) and {"error": "<one line>"}.
 
-The model is data/model/model.keras, loaded through fashion_cnn.serving.classifier like predict does: refused
-when it carries code (a Lambda layer or a custom object), then read in Keras safe mode; the server
-standardizes with data/prepared/standardization.npz itself. The server (fashion_cnn.serving.http_server)
-answers bursts of hundreds of connections, drops a stalled client after a bound, and batches concurrent
-requests into one forward pass (docs/serving.md).
+The model is data/model/model.keras, or the registered model `--model models:/<name>@<alias>` names
+(fashion_cnn.tracking.registry), loaded through fashion_cnn.serving.classifier like predict does: refused
+when it carries code (a Lambda layer or a custom object), then read in Keras safe mode. It takes the raw
+pixels itself (its first layer is the training split's standardization). The server
+(fashion_cnn.serving.http_server) answers bursts of hundreds of connections, drops a stalled client after
+a bound, and batches concurrent requests into one forward pass (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 from fashion_cnn.errors import DataError, FashionCnnError
 from fashion_cnn.serving import classifier
 from fashion_cnn.serving.http_server import HOST, ModelServer
+from fashion_cnn.tracking import registry
 from fashion_cnn.training import trained_model
 from fashion_cnn.utils import paths
 
@@ -32,14 +34,18 @@ PORT_ENV_VAR = "SERVE_PORT"
 DEFAULT_PORT = 5001
 
 
-def start_line(project: paths.ProjectPaths, model_server: ModelServer) -> str:
-    """What is served and where: the model file, its MLflow run, the URL."""
-    try:
-        run = f"MLflow run {trained_model.read_training_run(project).run_id}"
-    except DataError as error:  # The model is served all the same; the line says why no run is named.
-        run = f"MLflow run unknown: {error}"
-    model_file = model_server.classifier.model_path
-    return f"serving {model_file} ({run}) on {model_server.url}/invocations"
+def start_line(model: str | None, model_server: ModelServer) -> str:
+    """What is served and where: the registered model, or the model file and its MLflow run; the URL."""
+    served = str(model_server.classifier.model_path)
+    if model is not None and registry.is_registry_uri(model):
+        served = f"{model} ({registry.describe(model)})"
+    elif model is None:
+        try:
+            run = f"MLflow run {trained_model.read_training_run(paths.project_paths()).run_id}"
+        except DataError as error:  # The model is served all the same; the line says why no run is named.
+            run = f"MLflow run unknown: {error}"
+        served += f" ({run})"
+    return f"serving {served} on {model_server.url}/invocations"
 
 
 def port_number(text: str) -> int:
@@ -61,11 +67,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=os.environ.get(PORT_ENV_VAR) or str(DEFAULT_PORT),
         help=f"port on 127.0.0.1, 0 for any free one (default ${PORT_ENV_VAR}, else {DEFAULT_PORT})",
     )
+    parser.add_argument(
+        "--model",
+        help="a .keras file (default: data/model/model.keras) or a registered model: models:/<name>@<alias> "
+        "or models:/<name>/<version>, from $MLFLOW_TRACKING_URI (else the project's mlflow.db)",
+    )
     arguments = parser.parse_args(argv)
     try:
-        project = paths.project_paths()
-        loaded = classifier.load_classifier(project.model_file, project.prepared_dir)
+        with registry.model_file(arguments.model, paths.project_paths) as model_path:
+            loaded = classifier.load_classifier(model_path)
         model_server = ModelServer(loaded, arguments.port)
+        line = start_line(arguments.model, model_server)
     except (FashionCnnError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -76,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    print(start_line(project, model_server), flush=True)
+    print(line, flush=True)
     try:
         model_server.serve_forever()
     except KeyboardInterrupt:

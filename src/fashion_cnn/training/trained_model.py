@@ -21,6 +21,7 @@ from fashion_cnn.data.idx import IMAGE_SIDE, NUM_CLASSES
 from fashion_cnn.errors import ConfigError, DataError
 from fashion_cnn.model import artifact
 from fashion_cnn.model.architecture import count_parameters
+from fashion_cnn.model.standardization import takes_raw_pixels
 from fashion_cnn.tracking import query, record, runs
 from fashion_cnn.training.config import ProjectConfig
 from fashion_cnn.utils import paths, records
@@ -39,11 +40,12 @@ RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 def load_model(path: Path) -> Any:  # -> keras.Model (keras is imported lazily: it is slow to import)
     """Load a trained model in Keras safe mode, after refusing a file that carries code
-    (model_artifact): a .keras file cannot run code stored in it.
+    (model/artifact.py): a .keras file cannot run code stored in it.
 
-        The archive is checked first (every member against its CRC-32), the model after: it must take
-        (28, 28, 1) images and give 10 scores, and, beside the train stage's config.yaml (data/model/),
-        be the model that config describes.
+    The archive is checked first (every member against its CRC-32), the model after: it must take
+    (28, 28, 1) grey levels 0..255 (its first layer the standardization, model/standardization.py),
+    give 10 scores and, beside the train stage's config.yaml (data/model/), be the model that config
+    describes.
     """
     import keras
 
@@ -58,6 +60,12 @@ def load_model(path: Path) -> Any:  # -> keras.Model (keras is imported lazily: 
         raise DataError(
             f"{path}: not a Fashion-MNIST model: it takes {inputs} and gives {outputs}, where one takes "
             f"{INPUT_SHAPE} and gives ({NUM_CLASSES},); {REBUILD_HINT}"
+        )
+    if not takes_raw_pixels(model):
+        raise DataError(
+            f"{path}: the model takes standardized images, not grey levels 0..255: its first layer is not "
+            f"the 'standardization' Normalization layer the train stage puts in front (a model saved "
+            f"before the model carried its standardization, or by other code); {REBUILD_HINT}"
         )
     config_file = path.parent / "config.yaml"
     try:
