@@ -28,6 +28,10 @@ from fashion_cnn.data.idx import encode_idx
 from fashion_cnn.stages import prepare
 from fashion_cnn.training.config import ProjectConfig
 
+# Session fixtures of two tiny training runs on a real tracking server (test_mlflow_server.py,
+# test_registry.py): defined once, so the runs are trained once per session.
+pytest_plugins = ["tracked_runs"]
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # What a checkout needs for the stages and for dvc: code is copied only so dvc.yaml's deps exist,

@@ -103,7 +103,7 @@ def write_model_outputs(model_file: Path, project_paths: paths.ProjectPaths, des
     from fashion_cnn.utils import records
 
     model = keras.saving.load_model(model_file, compile=False, safe_mode=True)
-    test = data.load_split(project_paths.prepared_dir, "test")
+    test = data.load_pixels(project_paths.prepared_dir, "test")  # what evaluate feeds the model
     probabilities = scores.score(model, test)["probabilities"]
     model_outputs.write(
         destination, model_outputs.compute(model, test, probabilities, records.sha256(model_file))
@@ -114,7 +114,9 @@ def make_template(base: Path) -> Template:
     """The template project and another run's files, made by the project's own writers."""
     import keras
 
+    from fashion_cnn.data.splits import load_standardization
     from fashion_cnn.model.architecture import build_model
+    from fashion_cnn.model.standardization import with_standardization
 
     project = copy_project(base / "template")
     template = Template(project, base / "mlflow.db", base / "other-run")
@@ -126,7 +128,8 @@ def make_template(base: Path) -> Template:
     interrupted_training(run_config, project_paths.prepared_dir, project_paths.train_checkpoint_dir)
     keras.utils.set_random_seed(0)
     project_paths.model_dir.mkdir(parents=True)
-    build_model(run_config.model).save(project_paths.model_file)
+    statistics = load_standardization(project_paths.prepared_dir)
+    with_standardization(build_model(run_config.model), *statistics).save(project_paths.model_file)
     schema.save_resolved(run_config, project_paths.model_dir / "config.yaml")
     project_paths.run_info_file.write_text(json.dumps(logged_run(project_paths, run_config)))
     write_model_outputs(project_paths.model_file, project_paths, project_paths.model_outputs_file)
@@ -146,7 +149,9 @@ def make_template(base: Path) -> Template:
     # the weights of another small_cnn initialization.
     lenet5 = yaml.safe_load((project / "conf" / "model" / "lenet5.yaml").read_text())
     other_config = ProjectConfig.from_params({**run_config.model_dump(mode="json"), "model": lenet5})
-    build_model(other_config.model).save(template.other_run / "model.keras")
+    with_standardization(build_model(other_config.model), *statistics).save(
+        template.other_run / "model.keras"
+    )
     schema.save_resolved(other_config, template.other_run / "config.yaml")
     (template.other_run / "mlflow_run.json").write_text(json.dumps(logged_run(project_paths, other_config)))
     write_model_outputs(

@@ -299,14 +299,17 @@ INPUT_FILES = (
     raw_row("train-labels-idx1-ubyte.gz", RAW_LABELS_SHAPE),
     raw_row("t10k-images-idx3-ubyte.gz", RAW_IMAGES_SHAPE),
     raw_row("t10k-labels-idx1-ubyte.gz", RAW_LABELS_SHAPE),
-    # ---- data/prepared, read by train, evaluate, predict ----
+    # ---- data/prepared, read by train, evaluate and model_figures ----
     split_row("train.npz", "train"),
     split_row("validation.npz", "train"),
-    split_row("test.npz", "evaluate"),
+    # evaluate reads the test split's pixels only (tests/test_prepare.py refuses bad ones); model_figures
+    # reads its standardized images, where a flip in the middle of the file lands.
+    split_row("test.npz", "model_figures"),
+    # Train puts the statistics into the model it saves; nothing else reads them.
     InputFile(
         "standardization.npz",
         "data/prepared/standardization.npz",
-        "predict",
+        "train",
         "dvc repro prepare",
         Damage(edit_npz(retype("mean", np.float64)), r"float32", "mean float64", "'must be float32'"),
         Damage(edit_npz(reshape_last_axis_away("std")), r"shape", "std (1, 28), not (1, 28, 28)", "'shape'"),

@@ -82,6 +82,40 @@ def test_every_split_is_standardized_with_training_split_statistics(
     np.testing.assert_allclose(train.std(axis=0)[1:, 1:], 1.0, rtol=1e-4)
 
 
+def test_each_split_keeps_its_original_pixels_for_the_saved_model(
+    synthetic_raw, make_config, tmp_path: Path
+) -> None:
+    prepared_dir = tmp_path / "prepared"
+    run_prepare(synthetic_raw, prepared_dir, make_config)
+    sources = {
+        "train": synthetic_raw.images["train"][:100],
+        "validation": synthetic_raw.images["train"][100:],
+        "test": synthetic_raw.images["t10k"],
+    }
+    mean, std = splits.load_standardization(prepared_dir)
+    for name, raw_images in sources.items():
+        pixels = splits.load_pixels(prepared_dir, name)
+        assert pixels.images.dtype == np.float32 and pixels.images.shape == (*raw_images.shape, 1)
+        np.testing.assert_array_equal(pixels.images[..., 0], raw_images)
+        np.testing.assert_array_equal(pixels.labels, splits.load_split(prepared_dir, name).labels)
+        # The standardized images are these pixels with the training statistics applied.
+        standardized = splits.load_split(prepared_dir, name).images[..., 0]
+        np.testing.assert_allclose(standardized, (pixels.images[..., 0] - mean) / std, rtol=1e-6, atol=1e-6)
+
+
+def test_pixels_of_another_type_are_refused_with_the_file_named(tmp_path: Path) -> None:
+    splits.save_npz(
+        tmp_path / "test.npz",
+        images=np.zeros((3, 28, 28, 1), np.float32),
+        labels=np.zeros(3, np.uint8),
+        pixels=np.zeros((3, 28, 28), np.float32),
+    )
+    with pytest.raises(
+        DataError, match=r"test\.npz: pixels must be uint8 of shape \(count, 28, 28\), got float32"
+    ):
+        splits.load_pixels(tmp_path, "test")
+
+
 def test_max_images_shrink_train_and_test_but_not_validation(
     synthetic_raw, make_config, tmp_path: Path
 ) -> None:

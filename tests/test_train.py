@@ -206,7 +206,7 @@ def test_validation_and_test_loss_are_the_same_plain_cross_entropy(tiny_project:
     rows = list(csv.DictReader((tiny_project / "reports/train/history.csv").open()))
     assert float(rows[-1]["objective"]) > float(rows[-1]["loss"]) + 0.05
     model = trained_model.load_model(tiny_project / "data/model/model.keras")
-    validation = data.load_split(tiny_project / "data/prepared", "validation")
+    validation = data.load_pixels(tiny_project / "data/prepared", "validation")  # what the model takes
     scored = scores.score(model, validation)
     assert float(rows[-1]["val_loss"]) == pytest.approx(scored["loss"], abs=2e-3)
     assert float(rows[-1]["val_accuracy"]) == pytest.approx(scored["accuracy"], abs=1e-6)

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from fashion_cnn.config.cli import hydra_overrides, stage_main
@@ -39,12 +40,14 @@ class Setup:
     train_split: Split
     validation_split: Split
     standardization: tuple  # the training split's per-pixel mean and std, each (1, 28, 28)
+    examples: np.ndarray  # the MLflow input example: the first validation images as grey levels
 
 
 def set_up(config: ProjectConfig, project: paths.ProjectPaths) -> Setup:
     """The device (a GPU asked for but absent is an error), a model and batch that would not fit in
-    memory, the strategy and settings, the data (read once), a steps_per_execution that does not
-    divide an epoch, and a checkpoint folder that cannot be written."""
+    memory, the strategy and settings, the data and the statistics the saved model carries (read
+    once), a steps_per_execution that does not divide an epoch, and a checkpoint folder that cannot
+    be written."""
     device = runtime.select_device(config.train.device, config.train.inter_op_threads)
     if warning := memory_check.check_memory(config):
         log.warning("%s", warning)
@@ -54,12 +57,13 @@ def set_up(config: ProjectConfig, project: paths.ProjectPaths) -> Setup:
     train_split = load_split(project.prepared_dir, "train")
     validation_split = load_split(project.prepared_dir, "validation")
     standardization = load_standardization(project.prepared_dir)
+    examples = load_pixels(project.prepared_dir, "validation").images[:2]  # (2, 28, 28, 1), 0..255
     steps = recipe.steps_per_epoch(len(train_split.labels), settings.global_batch_size)
     recipe.check_steps_per_execution(steps, config.train.steps_per_execution)
     # Resuming covers single-process training only (train); its folder is checked before any epoch.
     if config.train.checkpoint and strategy is None:
         checkpoint.check_writable(project.train_checkpoint_dir)
-    return Setup(settings, strategy, train_split, validation_split, standardization)
+    return Setup(settings, strategy, train_split, validation_split, standardization, examples)
 
 
 def train(
@@ -127,9 +131,7 @@ def main(config: ProjectConfig, project: paths.ProjectPaths) -> None:
         model = with_standardization(layers_model, *setup.standardization)
         summary = outputs.save(config, project, model, rows, metrics, run)
         loggable = distribute.plain_model(model, setup.strategy, project.model_file)
-        # The input example: the first validation images, as the saved model takes them.
-        examples = load_pixels(project.prepared_dir, "validation").images[:2]
-        outputs.log(project, summary, metrics, loggable, examples)
+        outputs.log(project, summary, metrics, loggable, setup.examples)
         distribute.wait_for_all_workers(setup.strategy)
         # Only now, with every output written, is the checkpoint no longer needed to resume.
         checkpoint.discard(project.train_checkpoint_dir)

@@ -14,7 +14,7 @@ import contextlib
 import re
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import mlflow
@@ -71,8 +71,16 @@ def _version(model_version) -> Version:  # mlflow.entities.model_registry.ModelV
 
 def versions(name: str) -> list[Version]:
     """Every version of the registered model `name`, oldest first (empty when it does not exist)."""
-    found = MlflowClient().search_model_versions(f"name = '{name}'")
-    return sorted((_version(item) for item in found), key=lambda item: item.version)
+    client = MlflowClient()
+    found = client.search_model_versions(f"name = '{name}'")
+    if not found:
+        return []
+    # A search leaves the aliases out; the registered model has them all.
+    aliases: dict[int, list[str]] = {}
+    for alias, version in client.get_registered_model(name).aliases.items():
+        aliases.setdefault(int(version), []).append(alias)
+    listed = [replace(_version(item), aliases=sorted(aliases.get(int(item.version), []))) for item in found]
+    return sorted(listed, key=lambda item: item.version)
 
 
 def register(run_id: str, name: str, tags: dict[str, str]) -> Version:
