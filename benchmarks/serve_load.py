@@ -6,9 +6,11 @@ source on PYTHONPATH) on the same model in a scratch project, and measures singl
 1, 4, 16 and 64 concurrent clients for `--seconds` each (requests/s, p50 and p99 latency) and one request
 of 1,000 images (images/s). The model is data/model/model.keras with data/prepared/standardization.npz
 when the project has them; otherwise the quick preset's small_cnn, built untrained (seed 0), with
-per-pixel statistics of 72.9 +- 90 (speed does not depend on what the model learned). Writes
-reports/serve_bench.json (`--output`) and the table between the markers of docs/serving.md (`--doc`);
-`--table-only` regenerates the table from the JSON. Let nothing else run on the machine meanwhile.
+per-pixel statistics of 72.9 +- 90 (speed does not depend on what the model learned). The baseline
+standardizes the pixels itself: it gets the trained layers alone and standardization.npz; the working
+tree's server gets the same layers behind their standardization (a model of raw pixels, `--model`).
+Writes reports/serve_bench.json (`--output`) and the table between the markers of docs/serving.md
+(`--doc`); `--table-only` regenerates the table from the JSON. Let nothing else run on the machine meanwhile.
 """
 
 from __future__ import annotations
@@ -45,45 +47,70 @@ BIG_REQUEST_IMAGES = 1000
 START_SECONDS = 180
 
 
-def scratch_project(root: Path, project: Path) -> str:
-    """A project folder holding what serve reads (dvc.yaml, params.yaml, the model, the statistics)."""
+def scratch_project(root: Path, project: Path) -> tuple[str, Path]:
+    """A project folder holding what each server reads (dvc.yaml, params.yaml, a model, the statistics);
+    what model it is, and the working tree's model file.
+
+    The baseline reads data/model/model.keras, a model of standardized images, and standardizes with
+    data/prepared/standardization.npz itself; the working tree's server refuses such a model and is given
+    the same layers behind their standardization (candidate/model.keras, passed with --model).
+    """
     (project / "data" / "model").mkdir(parents=True)
     (project / "data" / "prepared").mkdir(parents=True)
+    (project / "candidate").mkdir()
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy2(root / name, project / name)
+    baseline_model = project / "data" / "model" / "model.keras"
+    candidate_model = project / "candidate" / "model.keras"
     model_file, stats_file = (
         root / "data" / "model" / "model.keras",
         root / "data" / "prepared" / "standardization.npz",
     )
-    if model_file.is_file() and stats_file.is_file():
-        shutil.copy2(model_file, project / "data" / "model" / "model.keras")
-        shutil.copy2(stats_file, project / "data" / "prepared" / "standardization.npz")
-        return f"{model_file} (the project's trained model)"
     import keras
+
+    if model_file.is_file() and stats_file.is_file():
+        from fashion_cnn.training import trained_model
+
+        # The checked loader: no code from the file, and a model that begins with its standardization.
+        model = trained_model.load_model(model_file)
+        shutil.copy2(model_file, candidate_model)
+        # The trained layers after the standardization layer, as the baseline's train stage saved them.
+        layers = keras.Sequential(
+            [keras.Input(shape=model.input_shape[1:]), *model.layers[1:]], name=model.name
+        )
+        layers.save(baseline_model)
+        shutil.copy2(stats_file, project / "data" / "prepared" / "standardization.npz")
+        return f"{model_file} (the project's trained model)", candidate_model
     import yaml
 
     from fashion_cnn.data.splits import save_npz
     from fashion_cnn.model.architecture import build_model
+    from fashion_cnn.model.standardization import with_standardization
     from fashion_cnn.training.config import ProjectConfig
 
     raw = yaml.safe_load((root / "params.yaml").read_text())
     raw["model"] = yaml.safe_load((root / "conf" / "model" / "small_cnn.yaml").read_text())
     keras.utils.set_random_seed(0)
-    build_model(ProjectConfig.from_params(raw).model).save(project / "data" / "model" / "model.keras")
+    layers = build_model(ProjectConfig.from_params(raw).model)
+    layers.save(baseline_model)
     statistics = {
         "mean": np.full((1, 28, 28), 72.9, np.float32),
         "std": np.full((1, 28, 28), 90.0, np.float32),
     }
     save_npz(project / "data" / "prepared" / "standardization.npz", **statistics)
-    return "the quick preset's small_cnn, built untrained (no data/model/model.keras here)"
+    with_standardization(layers, statistics["mean"], statistics["std"]).save(candidate_model)
+    return "the quick preset's small_cnn, built untrained (no data/model/model.keras here)", candidate_model
 
 
-def start_server(source: Path, project: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    """`python -m fashion_cnn.tools.serve --port 0` from `source`'s src/ in `project`; the process and URL."""
+def start_server(
+    source: Path, project: Path, log: Path, arguments: list[str]
+) -> tuple[subprocess.Popen, str]:
+    """`python -m fashion_cnn.tools.serve --port 0 [arguments]` from `source`'s src/ in `project`; the
+    process and URL."""
     environment = {**os.environ, "PYTHONPATH": str(source / "src"), "FASHION_CNN_ROOT": str(project)}
     with open(log, "w") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "fashion_cnn.tools.serve", "--port", "0"],
+            [sys.executable, "-m", "fashion_cnn.tools.serve", "--port", "0", *arguments],
             cwd=project, env=environment, stdout=subprocess.PIPE, stderr=stderr, text=True,
         )  # fmt: skip
     lines: queue.Queue[str] = queue.Queue()
@@ -151,12 +178,15 @@ def measure_concurrency(port: int, bodies: list[bytes], clients: int, seconds: f
     }
 
 
-def measure_server(source: Path, project: Path, log: Path, options: argparse.Namespace) -> dict[str, Any]:
-    """Start the server from `source`, measure every concurrency and the big request, stop it."""
+def measure_server(
+    source: Path, arguments: list[str], project: Path, log: Path, options: argparse.Namespace
+) -> dict[str, Any]:
+    """Start the server from `source` (with `arguments`), measure every concurrency and the big request,
+    stop it."""
     images = np.random.default_rng(0).integers(0, 256, (256, 28, 28))
     bodies = [json.dumps({"inputs": image.tolist()}).encode() for image in images]
     big = json.dumps({"inputs": np.resize(images, (BIG_REQUEST_IMAGES, 28, 28)).tolist()}).encode()
-    process, url = start_server(source, project, log)
+    process, url = start_server(source, project, log, arguments)
     port = int(url.rsplit(":", 1)[1])
     try:
         for body in bodies[:20]:  # Warm-up: the first calls trace and allocate.
@@ -187,11 +217,15 @@ def run_benchmark(options: argparse.Namespace) -> dict[str, Any]:
     baseline_source = options.scratch / "baseline"
     commit = export_ref(options.root, options.baseline, baseline_source)
     project = options.scratch / "project"
-    model = scratch_project(options.root, project)
-    sources = {"baseline": baseline_source, "candidate": options.root}
+    model, candidate_model = scratch_project(options.root, project)
+    # The baseline has no --model: it serves data/model/model.keras.
+    servers = {
+        "baseline": (baseline_source, []),
+        "candidate": (options.root, ["--model", str(candidate_model)]),
+    }
     results = {
-        name: measure_server(source, project, options.scratch / f"{name}.log", options)
-        for name, source in sources.items()
+        name: measure_server(source, arguments, project, options.scratch / f"{name}.log", options)
+        for name, (source, arguments) in servers.items()
     }
     report = {
         "machine": {**machine.hardware(), "cpu_model": machine.cpu_model()},

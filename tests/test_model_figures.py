@@ -19,7 +19,7 @@ from fashion_cnn.data import splits
 from fashion_cnn.errors import DataError
 from fashion_cnn.evaluation import model_outputs, scores
 from fashion_cnn.figures import learned, plotting
-from fashion_cnn.model import architecture
+from fashion_cnn.model import architecture, standardization
 from fashion_cnn.training import history, trained_model
 from fashion_cnn.utils import paths, records
 
@@ -42,19 +42,24 @@ EXPECTED_FIGURES = (
 
 @pytest.fixture
 def model_project(project: Path, make_config) -> Path:
-    """The temp project with what train and prepare leave: model.keras, its config and MLflow run,
-    test.npz, history."""
+    """The temp project with what train and prepare leave: model.keras (behind its standardization),
+    its config and MLflow run, test.npz (standardized images and the raw pixels), history."""
     project_paths = paths.ProjectPaths(project)
     keras.utils.set_random_seed(0)
     trained_config = make_config("model=small_cnn")
-    keras_model = architecture.build_model(trained_config.model)
+    generator = np.random.default_rng(0)
+    mean = generator.uniform(20, 120, (1, 28, 28)).astype(np.float32)
+    std = generator.uniform(40, 100, (1, 28, 28)).astype(np.float32)
+    keras_model = standardization.with_standardization(
+        architecture.build_model(trained_config.model), mean, std
+    )
     project_paths.model_dir.mkdir(parents=True)
     keras_model.save(project_paths.model_file)
     schema.save_resolved(trained_config, project_paths.model_dir / "config.yaml")
-    generator = np.random.default_rng(0)
-    images = generator.normal(size=(30, 28, 28, 1)).astype(np.float32)  # (30, 28, 28, 1), standardized
+    pixels = generator.integers(0, 256, (30, 28, 28)).astype(np.uint8)  # (30, 28, 28), grey levels
+    images = ((pixels - mean) / std)[..., np.newaxis]  # (30, 28, 28, 1) float32, standardized as prepare does
     labels = (np.arange(30) % 10).astype(np.uint8)
-    splits.save_npz(project_paths.prepared_dir / "test.npz", images=images, labels=labels)
+    splits.save_npz(project_paths.prepared_dir / "test.npz", images=images, labels=labels, pixels=pixels)
     project_paths.history_file.parent.mkdir(parents=True)
     project_paths.history_file.write_text(HISTORY_CSV)
     client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
@@ -72,7 +77,8 @@ def evaluate_outputs(project: Path) -> model_outputs.ModelOutputs:
     writes it."""
     project_paths = paths.ProjectPaths(project)
     trained = trained_model.load_model(project_paths.model_file)
-    test = splits.load_split(project_paths.prepared_dir, "test")
+    # As evaluate does: the saved model takes the test split's raw pixels.
+    test = splits.load_pixels(project_paths.prepared_dir, "test")
     probabilities = scores.score(trained, test)["probabilities"]
     outputs = model_outputs.compute(trained, test, probabilities, records.sha256(project_paths.model_file))
     model_outputs.write(project_paths.model_outputs_file, outputs)
@@ -93,8 +99,10 @@ def load_inputs(project: Path) -> tuple[model_outputs.ModelOutputs, splits.Split
 def test_conv_outputs_equal_the_layer_math(model_project: Path) -> None:
     project_paths = paths.ProjectPaths(model_project)
     trained = trained_model.load_model(project_paths.model_file)
+    pixels = splits.load_pixels(project_paths.prepared_dir, "test").images[:3]  # what evaluate gives it
+    # The layers run from the standardization: the first conv layer sees the standardized images.
     images = splits.load_split(project_paths.prepared_dir, "test").images[:3]
-    outputs = model_outputs.conv_outputs(trained, images)
+    outputs = model_outputs.conv_outputs(trained, pixels)
     conv_layers = model_outputs.conv_layers(trained)
     assert [output.shape[-1] for output in outputs] == [layer.filters for layer in conv_layers]
     first = conv_layers[0]

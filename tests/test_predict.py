@@ -19,7 +19,7 @@ from PIL import Image
 
 from fashion_cnn import CLASS_NAMES
 from fashion_cnn.data.idx import load_images, load_labels
-from fashion_cnn.data.splits import STATS_FILE, save_npz, split_and_standardize
+from fashion_cnn.data.splits import split_and_standardize
 from fashion_cnn.errors import DataError
 from fashion_cnn.serving import classifier
 from fashion_cnn.tools import predict
@@ -32,12 +32,11 @@ TRAIN_EPOCHS = 2
 
 @dataclass(frozen=True)
 class TrainedProject:
-    """A temp project: model.keras, prepared/standardization.npz, and one test garment written as files."""
+    """A temp project: model.keras (its standardization inside) and one test garment written as files."""
 
     model_file: Path
-    prepared_dir: Path
     garment: np.ndarray  # (28, 28) uint8, light garment on black, as in Fashion-MNIST
-    expected_class: int  # the model's own prediction on the standardized garment
+    expected_class: int  # the saved model's own prediction on the garment's raw pixels
     dark_png: Path  # the garment as it is: 28x28 greyscale
     light_png: Path  # inverted (dark garment on white), 4x larger, not square, RGB
     light_jpg: Path  # the same as JPEG
@@ -74,6 +73,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, real_dataset: Path) -> Tra
     import keras
 
     from fashion_cnn.model.architecture import build_model
+    from fashion_cnn.model.standardization import with_standardization
 
     config = small_cnn_config()
     data_config = config.data.model_copy(update={"validation_size": 500, "max_train_images": TRAIN_IMAGES})
@@ -98,10 +98,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory, real_dataset: Path) -> Tra
     root = tmp_path_factory.mktemp("project")
     model_file = root / "model" / "model.keras"
     model_file.parent.mkdir()
-    model.save(model_file)
-    save_npz(root / "prepared" / STATS_FILE, mean=mean, std=std)
+    # The layers trained on standardized images; the model saved takes raw pixels, as the train stage's.
+    saved = with_standardization(model, mean, std)
+    saved.save(model_file)
 
-    probabilities = model.predict(splits["test"].images, verbose=0)  # (300, 10)
+    # What predict will compute: the saved model on the raw grey levels, (300, 28, 28, 1) 0..255.
+    raw_test = splits["test"].pixels[..., np.newaxis].astype(np.float32)
+    probabilities = saved.predict(raw_test, verbose=0)  # (300, 10)
     index = pick_garment(test_images, test_labels, probabilities)
     garment = test_images[index]
     # 4x larger, rows 16..95 only (the empty margins cut away): 112 wide, 80 high.
@@ -110,7 +113,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory, real_dataset: Path) -> Tra
     images_dir.mkdir()
     return TrainedProject(
         model_file=model_file,
-        prepared_dir=root / "prepared",
         garment=garment,
         expected_class=int(probabilities[index].argmax()),
         dark_png=write_png(images_dir / "dark.png", garment),
@@ -119,7 +121,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, real_dataset: Path) -> Tra
     )
 
 
-# ---- image loading and standardization (no model needed) ----
+# ---- image loading and the model's input ----
 
 
 def test_load_image_keeps_a_fashion_mnist_image_unchanged(tmp_path: Path) -> None:
@@ -262,39 +264,61 @@ def test_an_image_under_the_cap_is_decoded_not_refused_for_size(tmp_path: Path) 
     assert "too large" not in str(raised.value)
 
 
-def test_preprocess_standardizes_with_the_saved_statistics() -> None:
-    images = np.stack([np.full((28, 28), 10.0), np.full((28, 28), 250.0)]).astype(np.float32)
-    mean = np.full((1, 28, 28), 50.0, dtype=np.float32)
-    std = np.full((1, 28, 28), 20.0, dtype=np.float32)
-    batch = classifier.preprocess(images, mean, std)
+def test_as_batch_adds_the_channel_axis_and_leaves_the_grey_levels_as_they_are() -> None:
+    images = np.stack([np.full((28, 28), 10), np.full((28, 28), 250)]).astype(np.uint8)
+    batch = classifier.as_batch(images)
     assert batch.shape == (2, 28, 28, 1) and batch.dtype == np.float32
-    assert batch[0, 0, 0, 0] == pytest.approx(-2.0) and batch[1, 27, 27, 0] == pytest.approx(10.0)
-    with pytest.raises(DataError, match=r"\(1, 28, 28\)"):
-        classifier.preprocess(images, mean[0], std)
+    # No standardization here: the model carries it (model/standardization.py).
+    np.testing.assert_array_equal(batch[..., 0], images.astype(np.float32))
+    assert batch[0, 0, 0, 0] == 10.0 and batch[1, 27, 27, 0] == 250.0
+    for wrong in (images[0], images[..., np.newaxis]):  # one image without the batch axis; a channel axis
+        with pytest.raises(ValueError, match=r"\(count, 28, 28\)"):
+            classifier.as_batch(wrong)
+
+
+def test_the_classifier_standardizes_raw_images_inside_the_model(tmp_path: Path) -> None:
+    """Raw grey levels in: the probabilities are the trained layers' on (images - mean) / std, so the
+    standardization predict and serve rely on is the saved model's own."""
+    import keras
+
+    from fashion_cnn.model.architecture import build_model
+    from fashion_cnn.model.standardization import with_standardization
+
+    keras.utils.set_random_seed(0)
+    layers_model = build_model(small_cnn_config().model)
+    generator = np.random.default_rng(0)
+    mean = generator.uniform(20, 120, (1, 28, 28)).astype(np.float32)
+    std = generator.uniform(40, 100, (1, 28, 28)).astype(np.float32)
+    model_file = tmp_path / "model.keras"
+    with_standardization(layers_model, mean, std).save(model_file)
+    images = generator.integers(0, 256, (5, 28, 28)).astype(np.float32)
+
+    probabilities = classifier.load_classifier(model_file).probabilities(images)
+    standardized = ((images - mean) / std)[..., np.newaxis]
+    expected = keras.ops.convert_to_numpy(layers_model(standardized, training=False))
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+    # The standardization matters: the layers on the raw pixels answer otherwise.
+    unstandardized = keras.ops.convert_to_numpy(layers_model(images[..., np.newaxis], training=False))
+    assert not np.allclose(probabilities, unstandardized, atol=1e-3)
 
 
 # ---- the command line ----
 
 
 @pytest.mark.reliability(
-    case="predict: no model file, or no standardization.npz",
+    case="predict: no model file",
     sees="one line naming the missing file and `dvc repro`; exit 1",
 )
-def test_missing_model_or_statistics_give_one_line_naming_the_file(
+def test_a_missing_model_gives_one_line_naming_the_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     image = write_png(tmp_path / "garment.png", np.zeros((28, 28)))
     model_file = tmp_path / "model.keras"
-    arguments = [str(image), "--model", str(model_file), "--prepared-dir", str(tmp_path)]
+    arguments = [str(image), "--model", str(model_file)]
 
     assert predict.main(arguments) == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and str(model_file) in error and "dvc repro" in error
-
-    model_file.write_bytes(b"not read")  # present now: the statistics are what is missing
-    assert predict.main(arguments) == 1
-    error = capsys.readouterr().err
-    assert error.count("\n") == 1 and str(tmp_path / STATS_FILE) in error and "dvc repro" in error
 
 
 def save_model(path: Path, input_shape: tuple[int, ...], classes: int) -> Path:
@@ -330,11 +354,8 @@ def test_a_model_of_other_shapes_is_refused_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], input_shape, classes: int, fragment: str
 ) -> None:
     model_file = save_model(tmp_path / "model.keras", input_shape, classes)
-    save_npz(
-        tmp_path / STATS_FILE, mean=np.zeros((1, 28, 28), np.float32), std=np.ones((1, 28, 28), np.float32)
-    )
     image = write_png(tmp_path / "garment.png", np.zeros((28, 28)))
-    arguments = [str(image), "--model", str(model_file), "--prepared-dir", str(tmp_path)]
+    arguments = [str(image), "--model", str(model_file)]
     assert predict.main(arguments) == 1
     output = capsys.readouterr()
     assert output.out == "" and output.err.count("\n") == 1
@@ -356,7 +377,7 @@ def test_cli_json_agrees_with_the_model_on_dark_and_light_images(trained: Traine
     """The real command in a fresh process, run outside the repository."""
     files = [trained.dark_png, trained.light_png, trained.light_jpg]
     command = [sys.executable, "-m", "fashion_cnn.tools.predict", *map(str, files), "--json", "--top", "10"]
-    command += ["--model", str(trained.model_file), "--prepared-dir", str(trained.prepared_dir)]
+    command += ["--model", str(trained.model_file)]
     completed = subprocess.run(
         command, cwd=trained.model_file.parent, capture_output=True, text=True, timeout=300, check=False
     )
@@ -379,7 +400,7 @@ def test_corrupt_image_is_reported_and_the_others_still_classified(
 ) -> None:
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(os.urandom(300))
-    options = ["--model", str(trained.model_file), "--prepared-dir", str(trained.prepared_dir)]
+    options = ["--model", str(trained.model_file)]
 
     assert predict.main([str(trained.dark_png), str(corrupt), str(trained.light_png), *options]) == 1
     output = capsys.readouterr()
@@ -404,7 +425,7 @@ def test_damaged_model_file_gives_one_line(
 ) -> None:
     damaged = tmp_path / "model.keras"
     damaged.write_bytes(b"not a zip archive")
-    options = ["--model", str(damaged), "--prepared-dir", str(trained.prepared_dir)]
+    options = ["--model", str(damaged)]
     assert predict.main([str(trained.dark_png), *options]) == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith(f"error: {damaged}: not a loadable Keras model")

@@ -1,7 +1,8 @@
 """`make serve` (python -m fashion_cnn.tools.serve): a real server on 127.0.0.1 asked over HTTP.
 
 The model is small_cnn from conf/model, freshly built (untrained: the protocol, not the accuracy, is
-tested here) and saved as a real .keras file beside a standardization.npz.
+tested here), put behind per-pixel statistics like prepare's as the train stage does, and saved as a real
+.keras file that takes raw grey levels.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ import pytest
 from test_predict import small_cnn_config, write_png
 
 from fashion_cnn import CLASS_NAMES
-from fashion_cnn.data.splits import STATS_FILE, save_npz
 from fashion_cnn.errors import DataError
 from fashion_cnn.model import artifact
+from fashion_cnn.model.standardization import takes_raw_pixels
 from fashion_cnn.serving import classifier, http_server, protocol
 from fashion_cnn.tools import predict, serve
 from fashion_cnn.training import trained_model
@@ -42,40 +43,42 @@ START_SECONDS = 180
 
 @dataclass(frozen=True)
 class ModelFiles:
-    """A saved model and the statistics predict and serve read, in a folder of their own."""
+    """A saved model that carries its standardization, in a folder of its own, and the per-pixel
+    statistics inside it (each (1, 28, 28) float32), for tests that standardize by hand."""
 
     model_file: Path
-    prepared_dir: Path
+    mean: np.ndarray
+    std: np.ndarray
 
     def install(self, project: Path) -> None:
-        """Copy them where a project keeps them: data/model/model.keras, data/prepared/."""
+        """Copy the model where a project keeps it: data/model/model.keras (all predict and serve read)."""
         (project / "data" / "model").mkdir(parents=True, exist_ok=True)
         shutil.copy2(self.model_file, project / "data" / "model" / "model.keras")
-        shutil.copytree(self.prepared_dir, project / "data" / "prepared", dirs_exist_ok=True)
 
 
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
-    """small_cnn built from the real config (seeded, untrained) and per-pixel statistics like prepare's."""
+    """small_cnn built from the real config (seeded, untrained) behind per-pixel statistics like
+    prepare's, saved as the train stage saves it."""
     import keras
 
     from fashion_cnn.model.architecture import build_model
+    from fashion_cnn.model.standardization import with_standardization
 
     keras.utils.set_random_seed(0)
     root = tmp_path_factory.mktemp("model-files")
     model_file = root / "model.keras"
-    build_model(small_cnn_config().model).save(model_file)
     generator = np.random.default_rng(0)
     mean = generator.uniform(20, 120, (1, 28, 28)).astype(np.float32)
     std = generator.uniform(40, 100, (1, 28, 28)).astype(np.float32)
-    save_npz(root / "prepared" / STATS_FILE, mean=mean, std=std)
-    return ModelFiles(model_file, root / "prepared")
+    with_standardization(build_model(small_cnn_config().model), mean, std).save(model_file)
+    return ModelFiles(model_file, mean, std)
 
 
 @pytest.fixture(scope="module")
 def server(model_files: ModelFiles) -> Iterator[http_server.ModelServer]:
     """The real ModelServer on a free port of 127.0.0.1, serving from a thread."""
-    loaded = classifier.load_classifier(model_files.model_file, model_files.prepared_dir)
+    loaded = classifier.load_classifier(model_files.model_file)
     model_server = http_server.ModelServer(loaded, 0)
     thread = threading.Thread(target=model_server.serve_forever, daemon=True)
     thread.start()
@@ -135,26 +138,39 @@ def test_one_image_or_a_batch_gets_predicts_top_classes(server: http_server.Mode
     assert scores(alone["predictions"][0]) == pytest.approx(scores(answer["predictions"][0]), abs=1e-6)
 
 
+def trained_layers(model: Any, images: np.ndarray) -> np.ndarray:
+    """The first image's outputs of `model`'s layers after its standardization, on (count, 28, 28) images."""
+    import keras
+
+    assert takes_raw_pixels(model)
+    activations = images[..., np.newaxis]
+    for layer in model.layers[1:]:
+        activations = layer(activations, training=False)
+    return keras.ops.convert_to_numpy(activations)[0]
+
+
 def test_served_probabilities_equal_predicts_for_the_same_raw_image(
     server: http_server.ModelServer, model_files: ModelFiles, tmp_path: Path
 ) -> None:
     # Fashion-MNIST's own layout (dark background, garment across the full width, centred): predict
-    # reads the PNG back unchanged, so both get the same raw pixels and standardize them themselves.
+    # reads the PNG back unchanged, so both give the model the same raw pixels.
     pixels = np.zeros((28, 28), dtype=np.uint8)
     pixels[4:24] = np.linspace(30, 255, 28, dtype=np.uint8)
     image_file = write_png(tmp_path / "garment.png", pixels)
     assert np.array_equal(predict.load_image(image_file), pixels.astype(np.float32))
 
-    [from_predict] = predict.classify_files(
-        [image_file], model_files.model_file, model_files.prepared_dir, 10
-    )
+    [from_predict] = predict.classify_files([image_file], model_files.model_file, 10)
     status, answer = post(f"{server.url}/invocations", {"inputs": pixels.tolist(), "top": 10})
     assert status == 200
     served = scores(answer["predictions"][0])
     assert served == pytest.approx(scores(from_predict["predictions"]), abs=1e-6)
-    # The server standardized: the model on the raw pixels would answer differently.
-    raw_scores = server.classifier.model(pixels[np.newaxis, :, :, np.newaxis].astype(np.float32)).numpy()[0]
-    assert not np.allclose([served[index] for index in range(10)], raw_scores, atol=1e-3)
+    # The pixels were standardized, by the model's first layer: the trained layers after it, given
+    # (pixels - mean) / std, answer what was served; given the raw pixels, they answer otherwise.
+    served_row = [served[index] for index in range(10)]
+    standardized = (pixels.astype(np.float32) - model_files.mean) / model_files.std  # (1, 28, 28)
+    np.testing.assert_allclose(served_row, trained_layers(server.classifier.model, standardized), atol=1e-5)
+    raw_scores = trained_layers(server.classifier.model, pixels[np.newaxis].astype(np.float32))
+    assert not np.allclose(served_row, raw_scores, atol=1e-3)
 
 
 def _body(inputs: Any, **extra: Any) -> bytes:
@@ -329,6 +345,30 @@ def test_a_port_in_use_is_one_line(
         assert serve.main(["--port", str(port)]) == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in error and "SERVE_PORT" in error
+
+
+# ---- a model without its standardization is refused by serve and predict ----
+
+
+@reliability(
+    case="serve, predict: a model.keras without its standardization layer (an older model)",
+    sees="one line naming the file, 'the model takes standardized images' and `dvc repro train`",
+)
+def test_a_model_without_its_standardization_is_refused_in_one_line(tmp_path: Path) -> None:
+    """The layers alone take standardized images: given raw grey levels they would answer nonsense
+    without a word, so the loader serve and predict use refuses them."""
+    import keras
+
+    from fashion_cnn.model.architecture import build_model
+
+    keras.utils.set_random_seed(0)
+    model_file = tmp_path / "model.keras"
+    build_model(small_cnn_config().model).save(model_file)
+    with pytest.raises(DataError) as refused:
+        classifier.load_classifier(model_file)
+    message = str(refused.value)
+    assert message.startswith(f"{model_file}: the model takes standardized images, not grey levels 0..255")
+    assert "dvc repro train" in message and "\n" not in message
 
 
 # ---- a model that carries code is refused by serve and predict, and its code never runs ----

@@ -41,8 +41,8 @@ DROP_SLACK = 2.0
 
 @pytest.fixture(scope="module")
 def loaded(model_files: ModelFiles) -> classifier.Classifier:  # noqa: F811 - the imported fixture.
-    """test_serve's model and statistics, loaded as the server loads them."""
-    return classifier.load_classifier(model_files.model_file, model_files.prepared_dir)
+    """test_serve's model (its standardization inside), loaded as the server loads it."""
+    return classifier.load_classifier(model_files.model_file)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """The saved model carries the training split's standardization (model/standardization.py): it takes raw
-grey levels, computes what the trained layers compute on standardized images, and loads as stock Keras."""
+grey levels, computes what the trained layers compute on standardized images, and loads as stock Keras.
+A model without it is refused by the loader (tests/test_serve.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fashion_cnn.errors import DataError
 from fashion_cnn.model import architecture, artifact, standardization
 from fashion_cnn.training import trained_model
 
@@ -73,13 +73,3 @@ def test_saved_with_its_statistics_it_loads_in_safe_mode_and_answers_the_same(
         keras.ops.convert_to_numpy(model(pixels, training=False)),
         atol=1e-6,
     )
-
-
-def test_a_model_without_the_standardization_is_refused_in_one_line(make_config, tmp_path: Path) -> None:
-    path = tmp_path / "model.keras"
-    architecture.build_model(make_config("model=small_cnn").model).save(path)
-    with pytest.raises(DataError) as refused:
-        trained_model.load_model(path)
-    message = str(refused.value)
-    assert message.startswith(f"{path}: the model takes standardized images, not grey levels 0..255")
-    assert "dvc repro train" in message and "\n" not in message

@@ -41,7 +41,7 @@ def listing(name: str) -> str:
 def promote(name: str, alias: str, version: int | None) -> str:
     """Move `alias` to `version` (None: the best by validation accuracy); the line saying so."""
     if version is None:
-        chosen = registry.best_by_validation(name)
+        version = registry.best_by_validation(name).version
     else:
         known = {item.version for item in registry.versions(name)}
         if version not in known:
@@ -49,8 +49,7 @@ def promote(name: str, alias: str, version: int | None) -> str:
             raise DataError(
                 f"--version {version}: registered model {name!r} has no such version (has: {have})"
             )
-        chosen = registry.Version(name, version, "", {}, [])
-    moved = registry.set_alias(name, alias, chosen.version)
+    moved = registry.set_alias(name, alias, version)
     accuracy = moved.tags.get(registry.VALIDATION_TAG, "unknown")
     return (
         f"models:/{name}@{alias} -> version {moved.version} (validation accuracy {accuracy}, "

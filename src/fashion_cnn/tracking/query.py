@@ -36,14 +36,21 @@ def logged_steps(run_id: str, metric: str) -> set[int]:
     return {point.step for point in mlflow.MlflowClient().get_metric_history(run_id, metric)}
 
 
-def has_ready_model(run: Any) -> bool:
-    """Whether the run has logged a model that finished uploading (MLflow 3's logged models)."""
+def ready_model_uri(run: Any) -> str | None:
+    """The URI (models:/m-...) of the model the run logged, once it finished uploading (MLflow 3's
+    logged models); None when it has none."""
     models = mlflow.search_logged_models(
         experiment_ids=[run.info.experiment_id],
         filter_string=f"source_run_id = '{run.info.run_id}'",
         output_format="list",
     )
-    return any(item.status == mlflow.entities.LoggedModelStatus.READY for item in models)
+    ready = [item for item in models if item.status == mlflow.entities.LoggedModelStatus.READY]
+    return ready[-1].model_uri if ready else None
+
+
+def has_ready_model(run: Any) -> bool:
+    """Whether the run has logged a model that finished uploading."""
+    return ready_model_uri(run) is not None
 
 
 def run_params(tracking_uri: str, run_id: str) -> dict[str, str]:

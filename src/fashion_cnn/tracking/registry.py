@@ -22,11 +22,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fashion_cnn.errors import DataError
-from fashion_cnn.tracking import faults, runs
+from fashion_cnn.tracking import faults, query, runs
 from fashion_cnn.utils import paths
 
-# The artifact folder train logs the model to (tracking/keras_model.py) and its .keras file in it.
-MODEL_ARTIFACT = "model"
 REGISTRY_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))")
 # What a `models:/` URI must look like, for the one-line error.
 URI_FORMS = "models:/<name>@<alias> or models:/<name>/<version>"
@@ -83,8 +81,9 @@ def versions(name: str) -> list[Version]:
     return sorted(listed, key=lambda item: item.version)
 
 
-def register(run_id: str, name: str, tags: dict[str, str]) -> Version:
-    """Make the model logged by `run_id` a version of `name` with `tags` (MLflow's errors are raised).
+def register(run_id: str, model_uri: str, name: str, tags: dict[str, str]) -> Version:
+    """Make the model `run_id` logged (`model_uri`, models:/m-...) a version of `name` with `tags`
+    (MLflow's errors are raised).
 
     A run registered before (evaluate run again) keeps its version, with its tags updated: one run,
     one version.
@@ -96,15 +95,15 @@ def register(run_id: str, name: str, tags: dict[str, str]) -> Version:
         for key, value in tags.items():
             client.set_model_version_tag(name, str(version), key, value)
     else:
-        created = mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT}", name, tags=tags)
+        created = mlflow.register_model(model_uri, name, tags=tags)
         version = int(created.version)
     return _version(client.get_model_version(name, str(version)))
 
 
-def register_safely(run_id: str, name: str, tags: dict[str, str]) -> Version | None:
+def register_safely(run_id: str, model_uri: str, name: str, tags: dict[str, str]) -> Version | None:
     """register under the keep-going policy: None (and the failure named in the stage's last line)
     when the store or server fails."""
-    return faults.log_safely(register, run_id, name, tags)
+    return faults.log_safely(register, run_id, model_uri, name, tags)
 
 
 def set_alias(name: str, alias: str, version: int) -> Version:
@@ -173,15 +172,14 @@ def model_file(model: str | None, project_paths: Callable[[], paths.ProjectPaths
 def register_active_run(tags: dict[str, str]) -> str:
     """Register the model the active run logged (evaluate's run is the training run) as a version of
     the registered model named after the run's experiment; the line that says what happened."""
-    from fashion_cnn.tracking import query
-
     active = mlflow.active_run()
     run = query.find_run(active.info.run_id) if active is not None else None
-    if run is None or not faults.log_safely(query.has_ready_model, run):
+    model_uri = faults.log_safely(query.ready_model_uri, run) if run is not None else None
+    if model_uri is None:
         run_id = active.info.run_id if active is not None else "none"
         return f"no model version registered: MLflow run {run_id} has no logged model"
     name = query.experiment_name(run.info.experiment_id)
-    version = register_safely(run.info.run_id, name, {"run_id": run.info.run_id, **tags})
+    version = register_safely(run.info.run_id, model_uri, name, {"run_id": run.info.run_id, **tags})
     if version is None:
         return "no model version registered: the tracking store failed (the last line names the call)"
     return f"registered the model as models:/{name}/{version.version}"
