@@ -281,14 +281,32 @@ def test_preset_trains_one_tiny_epoch_through_the_stage_entry_points(
     assert "epoch 1/1" in trained.stdout
     assert json.loads((project / "reports/train/metrics.json").read_text())["val_accuracy"] >= 0
 
-    # Loaded as the evaluate stage loads it: safe mode, no custom code.
+    # Loaded as the evaluate stage loads it: safe mode, no custom code. It is the model to use, raw
+    # pixels in, without the optimizer's training state (checkpoints/ holds that while it matters).
     saved = keras.saving.load_model(project / "data/model/model.keras", safe_mode=True)
     assert saved.name == PRESET_MODEL
-    # 100 training images in batches of 25: the optimizer took 4 steps along the preset's schedule.
-    assert int(saved.optimizer.iterations.numpy()) == 4
-    schedule = saved.optimizer.get_config()["learning_rate"]
+    assert saved.layers[0].name == "standardization"
+    assert getattr(saved, "optimizer", None) is None
+
+
+@pytest.mark.slow
+def test_preset_fits_along_its_schedule(synthetic_prepared: Path, make_config) -> None:
+    """What the train stage's fit runs for the preset: 100 training images in batches of 25 are 4
+    optimizer steps along the one-cycle schedule that peaks at train.learning_rate."""
+    from fashion_cnn.data.splits import load_split
+    from fashion_cnn.training import loop, runtime
+
+    config = make_config(f"experiment={PRESET_EXPERIMENT}", "train.epochs=1", "train.batch_size=25")
+    settings = runtime.resolve_runtime(config.train, "CPU", None)
+    runtime.seed_everything(config.seed, config.train.deterministic)
+    runtime.apply_precision(settings)
+    splits = {name: load_split(synthetic_prepared, name) for name in ("train", "validation")}
+    model, rows = loop.fit(config, splits["train"], splits["validation"], settings, None, chief=False)
+    assert len(rows) == 1
+    assert int(model.optimizer.iterations.numpy()) == 4
+    schedule = model.optimizer.get_config()["learning_rate"]
     assert schedule["class_name"] == "CosineDecay"
-    assert schedule["config"]["warmup_target"] == pytest.approx(make_config(overrides[0]).train.learning_rate)
+    assert schedule["config"]["warmup_target"] == pytest.approx(config.train.learning_rate)
 
 
 # ---- the sweep report ----
